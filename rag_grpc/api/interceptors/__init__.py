@@ -1,0 +1,1 @@
+"""grpc.aio server interceptors. Each one handles unary and streaming RPCs alike (see base.py)."""

@@ -1,0 +1,76 @@
+"""RagServer assembles the grpc.aio server: servicers, interceptors, health and reflection."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import grpc
+import structlog
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from rag_grpc.api import servicers
+from rag_grpc.api.interceptors.errors import ErrorMappingInterceptor
+from rag_grpc.service import RagService
+from rag_grpc.settings import Settings
+from rag_grpc.v1 import rag_pb2 as pb
+from rag_grpc.v1 import rag_pb2_grpc as pb_grpc
+
+log = structlog.get_logger(__name__)
+
+SERVICE_NAMES = tuple(service.full_name for service in pb.DESCRIPTOR.services_by_name.values())
+
+
+def server_options(settings: Settings) -> list[tuple[str, int]]:
+    return [
+        ("grpc.max_send_message_length", settings.max_message_bytes),
+        ("grpc.max_receive_message_length", settings.max_message_bytes),
+        # Generations can be quiet for a while between tokens; let clients keep the connection alive.
+        ("grpc.keepalive_permit_without_calls", 1),
+        ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
+        ("grpc.http2.max_ping_strikes", 0),
+        # A second server on the same port must fail loudly, not share it.
+        ("grpc.so_reuseport", 0),
+    ]
+
+
+class RagServer:
+    def __init__(
+        self,
+        settings: Settings,
+        service: RagService,
+        interceptors: Sequence[grpc.aio.ServerInterceptor] = (),
+    ) -> None:
+        self._settings = settings
+        self.health = health.aio.HealthServicer()
+        # Outermost first; error mapping is innermost so every other interceptor sees the final status.
+        chain = [*interceptors, ErrorMappingInterceptor()]
+        self._server = grpc.aio.server(interceptors=chain, options=server_options(settings))
+        pb_grpc.add_EmbedServiceServicer_to_server(servicers.EmbedServicer(service), self._server)
+        pb_grpc.add_RetrieveServiceServicer_to_server(servicers.RetrieveServicer(service), self._server)
+        pb_grpc.add_GenerateServiceServicer_to_server(servicers.GenerateServicer(service), self._server)
+        pb_grpc.add_DocumentServiceServicer_to_server(servicers.DocumentServicer(service), self._server)
+        pb_grpc.add_InfoServiceServicer_to_server(servicers.InfoServicer(service), self._server)
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, self._server)
+        reflection.enable_server_reflection((*SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME), self._server)
+        self.port = 0
+
+    async def start(self) -> int:
+        """Binds, starts and reports SERVING; returns the bound port (useful with port 0)."""
+        self.port = self._server.add_insecure_port(self._settings.address)
+        if self.port == 0:
+            raise OSError(f"could not bind {self._settings.address}")
+        await self._server.start()
+        for name in (health.OVERALL_HEALTH, *SERVICE_NAMES):
+            await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
+        log.info("server_started", address=f"{self._settings.host}:{self.port}")
+        return self.port
+
+    async def stop(self, grace: float | None) -> None:
+        """Health goes NOT_SERVING first so balancers stop sending, then in-flight calls get `grace` seconds."""
+        await self.health.enter_graceful_shutdown()
+        await self._server.stop(grace)
+        log.info("server_stopped")
+
+    async def wait_for_termination(self) -> None:
+        await self._server.wait_for_termination()

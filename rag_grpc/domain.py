@@ -1,0 +1,178 @@
+"""Transport-agnostic data the service and engines exchange. Protobuf never crosses this line."""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+import numpy as np
+import numpy.typing as npt
+
+FloatMatrix = npt.NDArray[np.float32]
+
+
+@dataclass(frozen=True, slots=True)
+class Document:
+    id: str
+    text: str
+    metadata: Mapping[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class Hit:
+    id: str
+    score: float
+    text: str
+    metadata: Mapping[str, str]
+
+
+@dataclass(frozen=True, slots=True)
+class EmbeddingBatch:
+    """Unit-length float32 vectors, one row per input text, and the tokens each text used."""
+
+    vectors: FloatMatrix
+    token_counts: list[int]
+
+
+@dataclass(frozen=True, slots=True)
+class SearchQuery:
+    vector: npt.NDArray[np.float32]
+    top_k: int
+    filter: Mapping[str, str] = field(default_factory=dict)
+    min_score: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class SearchResult:
+    hits: list[Hit]
+    index_version: int
+
+
+@dataclass(frozen=True, slots=True)
+class ChatMessage:
+    role: str
+    content: str
+
+
+@dataclass(frozen=True, slots=True)
+class SamplingOptions:
+    max_tokens: int
+    temperature: float = 0.0
+    top_p: float = 1.0
+    top_k: int = 0
+    stop: tuple[str, ...] = ()
+    seed: int | None = None
+
+
+class FinishReason(enum.Enum):
+    STOP = "stop"
+    LENGTH = "length"
+    CANCELLED = "cancelled"
+
+
+@dataclass(frozen=True, slots=True)
+class GenerationRequest:
+    """What a generator is asked to do. `messages` are rendered with the model's chat template."""
+
+    request_id: str
+    messages: list[ChatMessage]
+    sampling: SamplingOptions
+
+
+@dataclass(slots=True)
+class GenerationChunk:
+    """New text since the previous chunk; the last chunk of a request carries `finish_reason`."""
+
+    text: str
+    token_count: int
+    finish_reason: FinishReason | None = None
+    prompt_tokens: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class EngineInfo:
+    backend: str
+    model: str
+    device: str
+
+
+# --- service-level requests, mirroring the API; optional fields are None when the caller left them unset
+
+
+@dataclass(frozen=True, slots=True)
+class RetrieveInput:
+    text: str | None
+    vector: list[float] | None
+    top_k: int | None
+    filter: Mapping[str, str]
+    min_score: float | None
+
+
+@dataclass(frozen=True, slots=True)
+class SamplingInput:
+    max_tokens: int | None = None
+    temperature: float | None = None
+    top_p: float | None = None
+    top_k: int | None = None
+    stop: tuple[str, ...] = ()
+    seed: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class RetrievalInput:
+    top_k: int | None
+    filter: Mapping[str, str]
+    min_score: float | None
+
+
+@dataclass(frozen=True, slots=True)
+class GenerateInput:
+    prompt: str
+    messages: list[ChatMessage]
+    sampling: SamplingInput
+    retrieval: RetrievalInput | None
+    model: str
+
+
+# --- what Generate streams
+
+
+@dataclass(frozen=True, slots=True)
+class SourcesEvent:
+    hits: list[Hit]
+    index_version: int
+
+
+@dataclass(frozen=True, slots=True)
+class DeltaEvent:
+    text: str
+    token_count: int
+
+
+@dataclass(frozen=True, slots=True)
+class FinalEvent:
+    finish_reason: FinishReason
+    prompt_tokens: int
+    completion_tokens: int
+    retrieval_ms: float
+    time_to_first_token_ms: float
+    total_ms: float
+    request_id: str
+    model: str
+
+
+GenerateEvent = SourcesEvent | DeltaEvent | FinalEvent
+
+
+@dataclass(frozen=True, slots=True)
+class EmbedResult:
+    batch: EmbeddingBatch
+    model: str
+    dimension: int
+
+
+@dataclass(frozen=True, slots=True)
+class WriteResult:
+    count: int
+    index_version: int

