@@ -49,11 +49,18 @@ def build_vector_store(settings: Settings, dimension: int) -> VectorStore:
 async def build_generator(settings: Settings) -> Generator:
     model_id = Path(settings.generator_model.removeprefix("bundled:")).name.removesuffix(".gguf")
     source = resolve_generator_source(settings.generator_model)
+    if settings.generator_model == BUNDLED_GENERATOR:
+        model_id = "SmolLM2-135M-Instruct"
+    model_dir = source
+    if source.suffix == ".gguf" and (settings.generator_backend == "transformers" or not settings.generator_tokenizer):
+        # Both engines load the dequantized copy: vLLM 0.33 needs an out-of-tree plugin for GGUF and
+        # rebuilding a tokenizer from GGUF is slow and unreliable there.
+        model_dir = await asyncio.to_thread(converted_model_dir, source, settings.model_cache_dir)
     if settings.generator_backend == "vllm":
         from rag_grpc.engines.vllm_generator import VllmGenerator
 
         return VllmGenerator(
-            model=str(source),
+            model=str(model_dir),
             tokenizer=settings.generator_tokenizer,
             model_id=model_id,
             gpu_memory_utilization=settings.vllm_gpu_memory_utilization,
@@ -61,11 +68,6 @@ async def build_generator(settings: Settings) -> Generator:
         )
     from rag_grpc.engines.transformers_generator import TransformersGenerator
 
-    model_dir = source
-    if source.suffix == ".gguf":
-        model_dir = await asyncio.to_thread(converted_model_dir, source, settings.model_cache_dir)
-    if settings.generator_model == BUNDLED_GENERATOR:
-        model_id = "SmolLM2-135M-Instruct"
     return TransformersGenerator(model_dir, resolve_torch_device(settings.generator_device), model_id)
 
 

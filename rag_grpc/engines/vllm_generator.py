@@ -15,6 +15,8 @@ from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from typing import Any, Self
 
+import structlog
+
 from rag_grpc.domain import (
     ChatMessage,
     EngineInfo,
@@ -24,6 +26,8 @@ from rag_grpc.domain import (
     SamplingOptions,
 )
 from rag_grpc.errors import EngineError, RagError, Unavailable
+
+log = structlog.get_logger(__name__)
 
 # Every vLLM release reads -1 as "consider all tokens"; older ones rejected 0.
 _TOP_K_DISABLED = -1
@@ -112,7 +116,8 @@ class VllmGenerator:
         if tokenizer is None:
             from transformers import AutoTokenizer
 
-            tokenizer = await asyncio.to_thread(AutoTokenizer.from_pretrained, self._tokenizer_name or self._model)
+            source = self._tokenizer_name or self._model
+            tokenizer = await asyncio.to_thread(AutoTokenizer.from_pretrained, source)
         return tokenizer
 
     @property
@@ -153,7 +158,7 @@ class VllmGenerator:
                     # Set before yielding: a consumer that closes us after the last chunk needs no abort.
                     finished = reason is not None
                     prompt_tokens = len(prompt_ids) if finished else 0
-                    yield GenerationChunk(completion.text, pending_tokens, reason, prompt_tokens=prompt_tokens)
+                    yield GenerationChunk(completion.text, pending_tokens, reason, prompt_tokens)
                     pending_tokens = 0
         except Exception as exc:
             if isinstance(exc, RagError):
@@ -163,7 +168,10 @@ class VllmGenerator:
             # AsyncLLM.generate aborts on cancellation by itself; this also covers the paths it does
             # not see (an error above, a close before its first output), and is a no-op otherwise.
             if not finished:
-                await engine.abort(request.request_id)
+                try:
+                    await engine.abort(request.request_id)
+                except Exception:  # e.g. a dead engine; must not hide the error that brought us here
+                    log.warning("vllm_abort_failed", request_id=request.request_id, exc_info=True)
 
     def _render(self, messages: Sequence[ChatMessage]) -> list[int]:
         conversation = [{"role": m.role, "content": m.content} for m in messages]
