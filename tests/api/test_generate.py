@@ -135,12 +135,13 @@ async def test_deadline_mid_stream_aborts_the_engine_request(stubs: Stubs, engin
 
 
 async def test_grounded_generation_sends_sources_first_then_answers_from_them(stubs: Stubs, isolated_tag: str) -> None:
+    # Fixed ids: document ids are part of the prompt, and greedy output must not depend on a random tag.
     fact = "The secret password of the Zorblax Society is 'purple-harmonica-42'."
     await stubs.documents.Upsert(
         pb.UpsertRequest(
             documents=[
-                doc(f"{isolated_tag}-secret", fact, test=isolated_tag),
-                doc(f"{isolated_tag}-noise", "Tomatoes are botanically fruits.", test=isolated_tag),
+                doc("zorblax-secret", fact, test=isolated_tag),
+                doc("zorblax-noise", "Tomatoes are botanically fruits.", test=isolated_tag),
             ]
         )
     )
@@ -154,7 +155,7 @@ async def test_grounded_generation_sends_sources_first_then_answers_from_them(st
         )
     )
     assert messages[0].WhichOneof("event") == "sources"
-    assert [h.id for h in messages[0].sources.hits] == [f"{isolated_tag}-secret"]
+    assert [h.id for h in messages[0].sources.hits] == ["zorblax-secret"]
     assert messages[0].sources.hits[0].text == fact
     assert {m.WhichOneof("event") for m in messages[1:-1]} == {"delta"}
     assert "purple-harmonica-42" in _text(messages)
