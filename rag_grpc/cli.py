@@ -40,11 +40,17 @@ async def _ingest(target: str, paths: list[Path], batch_size: int, chunk_chars: 
     from rag_grpc.v1 import rag_pb2 as pb
     from rag_grpc.v1 import rag_pb2_grpc as pb_grpc
 
+    bad_input: list[ValueError] = []
+
     def requests() -> Iterator[pb.IngestRequest]:
-        for batch in _batched(documents_from_paths(paths, chunk_chars), batch_size):
-            yield pb.IngestRequest(
-                documents=[pb.Document(id=d.id, text=d.text, metadata=dict(d.metadata)) for d in batch]
-            )
+        # An exception escaping a request iterator only cancels the call; remember it and end the stream.
+        try:
+            for batch in _batched(documents_from_paths(paths, chunk_chars), batch_size):
+                yield pb.IngestRequest(
+                    documents=[pb.Document(id=d.id, text=d.text, metadata=dict(d.metadata)) for d in batch]
+                )
+        except ValueError as exc:
+            bad_input.append(exc)
 
     async with grpc.aio.insecure_channel(target) as channel:
         stub = pb_grpc.DocumentServiceStub(channel)
@@ -53,7 +59,11 @@ async def _ingest(target: str, paths: list[Path], batch_size: int, chunk_chars: 
         except grpc.aio.AioRpcError as err:
             print(f"ingest failed: {err.code().name}: {err.details()}", file=sys.stderr)
             return 1
-    print(f"ingested {response.documents} documents in {response.batches} batches; index version {response.index_version}")
+    summary = f"ingested {response.documents} documents in {response.batches} batches; index version {response.index_version}"
+    if bad_input:
+        print(f"ingest stopped at bad input: {bad_input[0]} ({summary})", file=sys.stderr)
+        return 1
+    print(summary)
     return 0
 
 
