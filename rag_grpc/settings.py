@@ -24,6 +24,9 @@ class Settings(BaseSettings):
     shutdown_grace_s: float = Field(
         10.0, ge=0, description="Seconds in-flight calls may finish after SIGTERM before they are cancelled."
     )
+    call_deadline_ceiling_s: float = Field(
+        600.0, gt=0, description="Deadline given to calls that set none; their work is stopped when it passes."
+    )
     max_message_bytes: int = Field(
         32 * 1024 * 1024, ge=1024, description="Largest gRPC message accepted or sent, in bytes."
     )
@@ -67,6 +70,17 @@ class Settings(BaseSettings):
     )
     vllm_max_model_len: int | None = Field(None, ge=16, description="Context length cap for vLLM.")
 
+    # --- streaming
+    stream_buffer_events: int = Field(
+        256, ge=1, description="Generate events buffered per stream while the client reads; bounds memory per stream."
+    )
+    stream_max_tokens_per_message: int = Field(
+        64, ge=1, description="Most tokens coalesced into one delta message when the client reads slower than decoding."
+    )
+    stream_stall_timeout_s: float = Field(
+        30.0, gt=0, description="A Generate whose client accepts no message for this long is aborted and freed."
+    )
+
     # --- request limits (violations answer INVALID_ARGUMENT naming the field)
     max_batch_texts: int = Field(256, ge=1, description="Most texts in one Embed call.")
     max_text_chars: int = Field(8192, ge=1, description="Longest single text or document, in characters.")
@@ -80,6 +94,9 @@ class Settings(BaseSettings):
     max_tokens: int = Field(2048, ge=1, description="Largest max_tokens accepted.")
     max_stop_sequences: int = Field(8, ge=0, description="Most stop sequences in one Generate.")
     max_prompt_chars: int = Field(32768, ge=1, description="Longest prompt, summed over chat messages.")
+    max_grounding_chars: int = Field(
+        6000, ge=100, description="Most characters of retrieved text put into a grounded prompt; later documents are cut."
+    )
     max_messages: int = Field(64, ge=1, description="Most chat messages in one Generate.")
 
     @field_validator("log_level")

@@ -10,6 +10,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from rag_grpc.api import servicers
+from rag_grpc.api.interceptors.deadline import DeadlineCeilingInterceptor
 from rag_grpc.api.interceptors.errors import ErrorMappingInterceptor
 from rag_grpc.service import RagService
 from rag_grpc.settings import Settings
@@ -43,8 +44,9 @@ class RagServer:
     ) -> None:
         self._settings = settings
         self.health = health.aio.HealthServicer()
-        # Outermost first; error mapping is innermost so every other interceptor sees the final status.
-        chain = [*interceptors, ErrorMappingInterceptor()]
+        # Outermost first. Error mapping sits inside the configured interceptors so they see final statuses;
+        # the deadline ceiling sits inside it so that DeadlineExceeded goes through the one error map.
+        chain = [*interceptors, ErrorMappingInterceptor(), DeadlineCeilingInterceptor(settings.call_deadline_ceiling_s)]
         self._server = grpc.aio.server(interceptors=chain, options=server_options(settings))
         pb_grpc.add_EmbedServiceServicer_to_server(servicers.EmbedServicer(service), self._server)
         pb_grpc.add_RetrieveServiceServicer_to_server(servicers.RetrieveServicer(service), self._server)

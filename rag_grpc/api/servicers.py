@@ -3,15 +3,17 @@ ErrorMappingInterceptor, so no handler catches domain exceptions itself."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
-from contextlib import aclosing
 
 import grpc
 
 from rag_grpc import __version__
 from rag_grpc.api import converters
 from rag_grpc.domain import Document
+from rag_grpc.errors import ResourceExhausted
 from rag_grpc.service import RagService
+from rag_grpc.service.streaming import CoalescingLimits, CoalescingStream
 from rag_grpc.v1 import rag_pb2 as pb
 from rag_grpc.v1 import rag_pb2_grpc as pb_grpc
 
@@ -38,12 +40,34 @@ class RetrieveServicer(pb_grpc.RetrieveServiceServicer):
 class GenerateServicer(pb_grpc.GenerateServiceServicer):
     def __init__(self, service: RagService) -> None:
         self._service = service
+        settings = service.settings
+        self._limits = CoalescingLimits(
+            max_buffered_events=settings.stream_buffer_events,
+            max_tokens_per_message=settings.stream_max_tokens_per_message,
+        )
+        self._stall_timeout_s = settings.stream_stall_timeout_s
 
-    async def Generate(self, request: pb.GenerateRequest, context: Context) -> AsyncIterator[pb.GenerateResponse]:
-        # aclosing: when the client goes away, the engine request is aborted now, not at garbage collection.
-        async with aclosing(self._service.generate(converters.generate_input(request))) as events:
-            async for event in events:
-                yield converters.generate_response(event)
+    # A coroutine that writes, rather than an async generator that yields: only then can a write that
+    # the client does not accept be noticed, and the generation behind it aborted.
+    async def Generate(self, request: pb.GenerateRequest, context: Context) -> None:
+        events = self._service.generate(converters.generate_input(request))
+        async with CoalescingStream(events, self._limits) as stream:
+            async for event in stream:
+                await self._write(context, converters.generate_response(event), stream)
+
+    async def _write(self, context: Context, message: pb.GenerateResponse, stream: CoalescingStream) -> None:
+        write = asyncio.ensure_future(context.write(message))
+        try:
+            await asyncio.wait_for(asyncio.shield(write), self._stall_timeout_s)
+        except TimeoutError:
+            # The client stopped reading. Free the engine now; the status can only be sent once the pending
+            # write completes (a client that never reads again is ended by its deadline or the server's).
+            await stream.aclose()
+            await write
+            raise ResourceExhausted(f"client read nothing for {self._stall_timeout_s:g} s; generation aborted") from None
+        except asyncio.CancelledError:
+            write.cancel()
+            raise
 
 
 class DocumentServicer(pb_grpc.DocumentServiceServicer):

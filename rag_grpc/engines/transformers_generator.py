@@ -17,7 +17,7 @@ from typing import Any, Self
 
 from rag_grpc.domain import EngineInfo, FinishReason, GenerationChunk, GenerationRequest
 from rag_grpc.engines.streaming_text import IncrementalDecoder, StopSequenceFilter
-from rag_grpc.errors import EngineError
+from rag_grpc.errors import EngineError, InvalidArgument, RagError
 
 
 @dataclass
@@ -37,6 +37,7 @@ class TransformersGenerator:
         self._model: Any = None
         self._tokenizer: Any = None
         self._eos_ids: set[int] = set()
+        self._context_tokens = 0
         self._running: dict[str, _Job] = {}
 
     async def __aenter__(self) -> Self:
@@ -58,6 +59,7 @@ class TransformersGenerator:
         model = AutoModelForCausalLM.from_pretrained(str(self._model_dir), dtype=dtype)
         self._model = model.to(self._device).eval()
         eos = self._model.generation_config.eos_token_id
+        self._context_tokens = int(getattr(self._model.config, "max_position_embeddings", 2048))
         self._eos_ids = set(eos if isinstance(eos, list) else [eos] if eos is not None else [])
         if self._tokenizer.eos_token_id is not None:
             self._eos_ids.add(self._tokenizer.eos_token_id)
@@ -87,6 +89,8 @@ class TransformersGenerator:
         try:
             while True:
                 item = await queue.get()
+                if isinstance(item, RagError):
+                    raise item
                 if isinstance(item, BaseException):
                     raise EngineError("generation failed") from item
                 yield item
@@ -115,6 +119,13 @@ class TransformersGenerator:
         prompt_ids: list[int] = tokenizer.apply_chat_template(
             conversation, add_generation_prompt=True, tokenize=True, return_dict=False
         )
+        context = self._context_tokens
+        if len(prompt_ids) + request.sampling.max_tokens > context:
+            raise InvalidArgument(
+                "prompt",
+                f"is {len(prompt_ids)} tokens; with sampling.max_tokens={request.sampling.max_tokens} "
+                f"it exceeds the model's context of {context} tokens",
+            )
         streamer = _ChunkStreamer(tokenizer, self._eos_ids, request.sampling.stop, job)
 
         class _AbortCriterion(StoppingCriteria):

@@ -25,13 +25,22 @@ def sanitize_document_text(text: str, control_tokens: Sequence[str]) -> str:
     return _DELIMITER.sub("", text)
 
 
-def grounded_messages(messages: Sequence[ChatMessage], hits: Sequence[Hit], control_tokens: Sequence[str]) -> list[ChatMessage]:
-    """The conversation with one system message that carries the instructions and the documents."""
-    blocks = [
-        f'<document index="{n}" id="{sanitize_document_text(hit.id, control_tokens)}">\n'
-        f"{sanitize_document_text(hit.text, control_tokens)}\n</document>"
-        for n, hit in enumerate(hits, start=1)
-    ]
+def grounded_messages(
+    messages: Sequence[ChatMessage], hits: Sequence[Hit], control_tokens: Sequence[str], max_chars: int
+) -> list[ChatMessage]:
+    """The conversation with one system message that carries the instructions and the documents.
+
+    Documents are added best first until `max_chars` of document text is used (the last one cut short),
+    so that retrieval can never push the prompt past the model's context window.
+    """
+    blocks: list[str] = []
+    budget = max_chars
+    for n, hit in enumerate(hits, start=1):
+        if budget <= 0:
+            break
+        text = sanitize_document_text(hit.text, control_tokens)[:budget]
+        budget -= len(text)
+        blocks.append(f'<document index="{n}" id="{sanitize_document_text(hit.id, control_tokens)}">\n{text}\n</document>')
     grounding = f"{GROUNDING_INSTRUCTIONS}\n<documents>\n" + "\n".join(blocks) + f"\n</documents>\n{DATA_NOT_INSTRUCTIONS}"
     if messages and messages[0].role == "system":
         system = ChatMessage("system", f"{messages[0].content}\n\n{grounding}")

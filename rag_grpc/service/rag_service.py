@@ -116,7 +116,9 @@ class RagService:
             )
             retrieval_ms = _ms_since(started)
             yield SourcesEvent(hits=result.hits, index_version=result.index_version)
-            messages = grounded_messages(messages, result.hits, generator.control_tokens)
+            messages = grounded_messages(
+                messages, result.hits, generator.control_tokens, self.settings.max_grounding_chars
+            )
 
         request_id = uuid.uuid4().hex
         engine_request = GenerationRequest(request_id=request_id, messages=messages, sampling=sampling)

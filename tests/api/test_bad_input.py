@@ -91,3 +91,12 @@ async def test_a_bad_ingest_batch_keeps_earlier_batches_and_names_the_message(st
     assert (error.details() or "").startswith("requests[1].documents[0].text:")
     hits = await stubs.retrieve.Retrieve(pb.RetrieveRequest(text="stored", top_k=5, filter={"test": isolated_tag}))
     assert [h.id for h in hits.hits] == [f"{isolated_tag}-good"]
+
+
+async def test_a_prompt_beyond_the_model_context_is_rejected(stubs: Stubs) -> None:
+    prompt = "lorem ipsum dolor sit amet " * 1000  # about 6,000 tokens; 8,192 is SmolLM2's context
+    error = await expect_status(
+        collect(stubs.generate.Generate(pb.GenerateRequest(prompt=prompt, sampling=pb.SamplingParams(max_tokens=2048)))),
+        INVALID,
+    )
+    assert (error.details() or "").startswith("prompt:") and "context" in (error.details() or "")
