@@ -95,7 +95,10 @@ class Settings(BaseSettings):
     max_stop_sequences: int = Field(8, ge=0, description="Most stop sequences in one Generate.")
     max_prompt_chars: int = Field(32768, ge=1, description="Longest prompt, summed over chat messages.")
     max_grounding_chars: int = Field(
-        6000, ge=100, description="Most characters of retrieved text put into a grounded prompt; later documents are cut."
+        4000,
+        ge=100,
+        description="Most characters of retrieved text put into a grounded prompt; later documents are cut. "
+        "Prefill time grows with it, and prefill is one step that cancellation cannot interrupt.",
     )
     max_messages: int = Field(64, ge=1, description="Most chat messages in one Generate.")
 

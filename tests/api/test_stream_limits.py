@@ -4,7 +4,6 @@ timeout for clients that stop reading. Uses a second server with small limits ov
 from __future__ import annotations
 
 import asyncio
-import signal
 import sys
 import time
 from collections.abc import AsyncIterator
@@ -21,7 +20,7 @@ from rag_grpc.v1 import rag_pb2_grpc as pb_grpc
 from tests.helpers import collect
 
 STALLED_CLIENT = """
-import sys, grpc
+import sys, time, grpc
 from rag_grpc.v1 import rag_pb2 as pb, rag_pb2_grpc as pb_grpc
 channel = grpc.insecure_channel(sys.argv[1], options=[("grpc.http2.bdp_probe", 0)])
 call = pb_grpc.GenerateServiceStub(channel).Generate(pb.GenerateRequest(
@@ -29,8 +28,7 @@ call = pb_grpc.GenerateServiceStub(channel).Generate(pb.GenerateRequest(
     retrieval=pb.RetrievalOptions(top_k=40, filter={"test": sys.argv[2]}),
     sampling=pb.SamplingParams(max_tokens=400)))
 print("started", flush=True)
-for message in call:
-    pass
+time.sleep(600)  # never reads: with no read pending, the client grants only a small flow-control window
 """
 
 
@@ -50,7 +48,10 @@ async def ceiling_server(engines: Engines, settings: Settings) -> AsyncIterator[
 
 @pytest.fixture(scope="module")
 async def stall_server(engines: Engines, settings: Settings) -> AsyncIterator[str]:
-    server = await _server_with(engines, settings, stream_stall_timeout_s=1.0, stream_buffer_events=4)
+    # A short grounded prompt: prefill is one step that cancellation cannot interrupt, and thousands of
+    # tokens take seconds on this CPU.
+    limits = {"stream_stall_timeout_s": 5.0, "stream_buffer_events": 4, "max_grounding_chars": 300}
+    server = await _server_with(engines, settings, **limits)
     yield f"127.0.0.1:{server.port}"
     await server.stop(0)
 
@@ -78,7 +79,7 @@ async def test_a_call_without_deadline_gets_the_server_ceiling(ceiling_server: s
 async def test_a_client_that_stops_reading_is_cut_off_and_its_generation_aborted(
     stall_server: str, engines: Engines, isolated_tag: str
 ) -> None:
-    # Sources of ~300 KB exceed the HTTP/2 flow-control window, so a frozen client blocks the server's write.
+    # Sources of ~300 KB exceed the flow-control window of a client that reads nothing, so the write blocks.
     async with grpc.aio.insecure_channel(stall_server) as channel:
         documents = [pb.Document(id=f"{isolated_tag}-{i}", text=f"filler {i} " * 800, metadata={"test": isolated_tag}) for i in range(40)]
         await pb_grpc.DocumentServiceStub(channel).Upsert(pb.UpsertRequest(documents=documents), timeout=120)
@@ -88,11 +89,14 @@ async def test_a_client_that_stops_reading_is_cut_off_and_its_generation_aborted
     try:
         assert client.stdout is not None
         assert (await client.stdout.readline()).strip() == b"started"
-        client.send_signal(signal.SIGSTOP)  # the client stops reading, as a hung process would
-        await asyncio.sleep(6)
-        # The stall timeout (1 s) aborted the 400-token generation (about 20 s of decoding) and freed the engine.
+        generator = engines.generators[engines.default_generator]
+        deadline = time.monotonic() + 5
+        while not generator.num_running_requests() and time.monotonic() < deadline:
+            await asyncio.sleep(0.01)
+        assert generator.num_running_requests() == 1, "the generation should run while the sources write waits"
+        # The stall timeout (5 s) aborts the 400-token generation (over 20 s of decoding) and frees the engine.
         # The status can only follow the pending write, so a client that never reads again is ended by its
-        # deadline or the server's ceiling, not here.
+        # deadline or the server's ceiling.
         assert await _wait_idle(engines, timeout=10.0) == 0
     finally:
         if client.returncode is None:
