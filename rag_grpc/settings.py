@@ -102,6 +102,47 @@ class Settings(BaseSettings):
     )
     max_messages: int = Field(64, ge=1, description="Most chat messages in one Generate.")
 
+    # --- throughput: micro-batching and caches
+    embed_batch_max_size: int = Field(
+        64, ge=1, description="Most texts the embedding batcher puts in one model call (larger calls run alone)."
+    )
+    embed_batch_max_wait_ms: float = Field(
+        10.0, ge=0, description="Longest a text waits for others to share its model batch, in milliseconds."
+    )
+    embed_queue_max_texts: int = Field(
+        4096, ge=1, description="Texts that may wait for the embedder; beyond this calls fail at once with UNAVAILABLE."
+    )
+    search_batch_max_size: int = Field(64, ge=1, description="Most queries the search batcher puts in one index call.")
+    search_batch_max_wait_ms: float = Field(
+        2.0, ge=0, description="Longest a query waits for others to share its index call, in milliseconds."
+    )
+    search_queue_max_queries: int = Field(
+        4096, ge=1, description="Queries that may wait for the index; beyond this calls fail at once with UNAVAILABLE."
+    )
+    cache_backend: Literal["none", "memory", "redis"] = Field(
+        "memory", description="Where embeddings, retrieval results and deterministic answers are cached."
+    )
+    cache_redis_url: str = Field(
+        "redis://127.0.0.1:6379/0",
+        description="Redis for cache_backend=redis: redis://[[user]:password@]host[:port][/db], rediss:// for TLS.",
+    )
+    cache_namespace: str = Field("rag-grpc", description="Prefix of every cache key (separates deployments sharing a Redis).")
+    cache_timeout_s: float = Field(
+        0.25, gt=0, description="Longest one Redis cache operation may take; a slow or failed one counts as a miss."
+    )
+    cache_embedding_ttl_s: int = Field(3600, ge=0, description="Seconds an embedding stays cached; 0 disables this cache.")
+    cache_retrieval_ttl_s: int = Field(
+        300, ge=0, description="Seconds a retrieval result stays cached (writes invalidate it sooner); 0 disables."
+    )
+    cache_generation_ttl_s: int = Field(
+        3600, ge=0, description="Seconds a deterministic Generate answer stays cached; 0 disables this cache."
+    )
+    cache_embedding_max_entries: int = Field(
+        50_000, ge=1, description="Embeddings the memory cache keeps (least recently used go first); Redis uses TTLs."
+    )
+    cache_retrieval_max_entries: int = Field(10_000, ge=1, description="Retrieval results the memory cache keeps.")
+    cache_generation_max_entries: int = Field(2_000, ge=1, description="Generate answers the memory cache keeps.")
+
     @field_validator("log_level")
     @classmethod
     def _known_level(cls, value: str) -> str:

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from rag_grpc.engines.base import Embedder, Generator, VectorStore
+from rag_grpc.engines.batching import BatchingEmbedder, BatchingVectorStore
 from rag_grpc.engines.model_files import (
     BUNDLED_GENERATOR,
     converted_model_dir,
@@ -46,6 +47,24 @@ def build_vector_store(settings: Settings, dimension: int) -> VectorStore:
     return FaissVectorStore(dimension, settings.vector_store_device)
 
 
+def with_embed_batching(settings: Settings, embedder: Embedder) -> BatchingEmbedder:
+    return BatchingEmbedder(
+        embedder,
+        max_batch_size=settings.embed_batch_max_size,
+        max_wait_s=settings.embed_batch_max_wait_ms / 1000.0,
+        max_queued_texts=settings.embed_queue_max_texts,
+    )
+
+
+def with_search_batching(settings: Settings, store: VectorStore) -> BatchingVectorStore:
+    return BatchingVectorStore(
+        store,
+        max_batch_size=settings.search_batch_max_size,
+        max_wait_s=settings.search_batch_max_wait_ms / 1000.0,
+        max_queued_queries=settings.search_queue_max_queries,
+    )
+
+
 async def build_generator(settings: Settings) -> Generator:
     model_id = Path(settings.generator_model.removeprefix("bundled:")).name.removesuffix(".gguf")
     source = resolve_generator_source(settings.generator_model)
@@ -81,6 +100,9 @@ async def open_engines(settings: Settings) -> AsyncIterator[Engines]:
     async with AsyncExitStack() as stack:
         # The generator comes first: vLLM sizes its GPU memory share against what is free at its start.
         generator = await stack.enter_async_context(await build_generator(settings))
-        embedder = await stack.enter_async_context(build_embedder(settings))
-        vector_store = await stack.enter_async_context(build_vector_store(settings, embedder.dimension))
+        # Each batching wrapper is left before the engine it wraps, so no batch outlives its engine.
+        raw_embedder = await stack.enter_async_context(build_embedder(settings))
+        embedder = await stack.enter_async_context(with_embed_batching(settings, raw_embedder))
+        raw_store = await stack.enter_async_context(build_vector_store(settings, embedder.dimension))
+        vector_store = await stack.enter_async_context(with_search_batching(settings, raw_store))
         yield Engines(embedder=embedder, vector_store=vector_store, generators={generator.info.model: generator})
