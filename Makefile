@@ -6,7 +6,7 @@ PORT ?= 50051
 # The CPU build of torch that this machine keeps on disk; a bare `torch` would pull CUDA wheels.
 TORCH_CPU := torch==2.13.0
 
-.PHONY: install install-test serve test smoke proto bench clean
+.PHONY: install install-test redis-server serve test smoke proto bench clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -26,8 +26,12 @@ install-test: install
 serve: install
 	$(BIN)/rag-grpc serve --port $(PORT) --demo-corpus
 
-test: install-test
+test: install-test redis-server
 	$(BIN)/pytest -q
+
+# Tests start their own redis-server (Debian package) on a free loopback port.
+redis-server:
+	@command -v redis-server >/dev/null || (apt-get update -qq && apt-get install -y -qq redis-server)
 
 smoke: install
 	clients/grpcurl_smoke.sh 127.0.0.1:$(PORT)

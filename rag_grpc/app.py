@@ -13,6 +13,7 @@ from rag_grpc.api.server import RagServer
 from rag_grpc.engines import open_engines
 from rag_grpc.ingest_files import demo_corpus_dir, documents_from_paths
 from rag_grpc.service import RagService
+from rag_grpc.service.cache import open_result_cache
 from rag_grpc.settings import Settings
 
 log = structlog.get_logger(__name__)
@@ -34,8 +35,8 @@ async def serve(settings: Settings) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    async with open_engines(settings) as engines:
-        service = RagService(engines, settings)
+    async with open_engines(settings) as engines, open_result_cache(settings) as cache:
+        service = RagService(engines, settings, cache)
         if settings.demo_corpus:
             await load_demo_corpus(service)
         server = RagServer(settings, service, build_interceptors(settings))
@@ -46,5 +47,5 @@ async def serve(settings: Settings) -> None:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, lambda: asyncio.ensure_future(server.stop(0)))
         await server.stop(settings.shutdown_grace_s)
-    # Leaving open_engines shut the engines down, after the server stopped taking calls.
+    # Leaving open_engines shut the engines (and the cache) down, after the server stopped taking calls.
     log.info("shutdown_complete")

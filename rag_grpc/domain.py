@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import enum
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -47,6 +47,8 @@ class SearchQuery:
 class SearchResult:
     hits: list[Hit]
     index_version: int
+    # True when served from the result cache rather than searched.
+    cached: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -160,6 +162,8 @@ class FinalEvent:
     total_ms: float
     request_id: str
     model: str
+    # True when the answer was replayed from the cache; timings are then those of the replay.
+    cached: bool = False
 
 
 GenerateEvent = SourcesEvent | DeltaEvent | FinalEvent
@@ -170,6 +174,8 @@ class EmbedResult:
     batch: EmbeddingBatch
     model: str
     dimension: int
+    # Per text: served from the embedding cache. Empty means none was.
+    cached: Sequence[bool] = ()
 
 
 @dataclass(frozen=True, slots=True)

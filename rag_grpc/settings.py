@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 Device = Literal["auto", "cpu", "cuda"]
@@ -122,8 +122,9 @@ class Settings(BaseSettings):
     cache_backend: Literal["none", "memory", "redis"] = Field(
         "memory", description="Where embeddings, retrieval results and deterministic answers are cached."
     )
-    cache_redis_url: str = Field(
-        "redis://127.0.0.1:6379/0",
+    # Secret: the URL may carry a password, so it stays out of reprs and logs.
+    cache_redis_url: SecretStr = Field(
+        SecretStr("redis://127.0.0.1:6379/0"),
         description="Redis for cache_backend=redis: redis://[[user]:password@]host[:port][/db], rediss:// for TLS.",
     )
     cache_namespace: str = Field("rag-grpc", description="Prefix of every cache key (separates deployments sharing a Redis).")

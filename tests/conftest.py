@@ -6,11 +6,16 @@ Tests share one server and one index, so each test uses its own document ids and
 
 from __future__ import annotations
 
+import shutil
+import socket
+import subprocess
+import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 
 import grpc
 import pytest
+import redis
 from grpc_health.v1 import health_pb2_grpc
 
 from rag_grpc.api.server import RagServer
@@ -75,3 +80,37 @@ def stubs(channel: grpc.aio.Channel) -> Stubs:
 def isolated_tag() -> str:
     """A metadata value no other test uses: filter on {"test": isolated_tag} to see only your documents."""
     return uuid.uuid4().hex
+
+
+def free_loopback_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+@pytest.fixture(scope="session")
+def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A real redis-server on a free loopback port, without persistence, for the whole session."""
+    binary = shutil.which("redis-server")
+    if binary is None:
+        pytest.fail("redis-server is not installed (make test installs it: apt-get install -y redis-server)")
+    workdir = tmp_path_factory.mktemp("redis")
+    port = free_loopback_port()
+    command = [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--dir", str(workdir)]
+    process = subprocess.Popen(command, cwd=workdir, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+    url = f"redis://127.0.0.1:{port}/0"
+    client = redis.Redis.from_url(url)
+    deadline = time.monotonic() + 10
+    while True:
+        try:
+            client.ping()
+            break
+        except redis.ConnectionError:
+            if process.poll() is not None or time.monotonic() > deadline:
+                process.kill()
+                pytest.fail(f"redis-server did not start on port {port}")
+            time.sleep(0.05)
+    client.close()
+    yield url
+    process.terminate()
+    process.wait(timeout=10)

@@ -33,10 +33,11 @@ def _optional(message: object, field: str) -> object | None:
 
 def embed_response(result: EmbedResult) -> pb.EmbedResponse:
     counts = result.batch.token_counts
+    cached = result.cached or [False] * len(counts)
     return pb.EmbedResponse(
         embeddings=[
-            pb.Embedding(values=row, token_count=count)
-            for row, count in zip(result.batch.vectors.tolist(), counts, strict=True)
+            pb.Embedding(values=row, token_count=count, cached=hit)
+            for row, count, hit in zip(result.batch.vectors.tolist(), counts, cached, strict=True)
         ],
         model=result.model,
         dimension=result.dimension,
@@ -60,7 +61,9 @@ def hit(h: Hit) -> pb.Hit:
 
 
 def retrieve_response(result: SearchResult) -> pb.RetrieveResponse:
-    return pb.RetrieveResponse(hits=[hit(h) for h in result.hits], index_version=result.index_version)
+    return pb.RetrieveResponse(
+        hits=[hit(h) for h in result.hits], index_version=result.index_version, cached=result.cached
+    )
 
 
 def documents(items: object) -> list[Document]:
@@ -112,5 +115,6 @@ def generate_response(event: GenerateEvent) -> pb.GenerateResponse:
             ),
             request_id=event.request_id,
             model=event.model,
+            cached=event.cached,
         )
     )

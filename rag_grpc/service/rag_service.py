@@ -4,19 +4,25 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Iterator, Sequence
 from contextlib import aclosing
 
+import numpy as np
+
 from rag_grpc.domain import (
+    ChatMessage,
     DeltaEvent,
     Document,
+    EmbeddingBatch,
     EmbedResult,
     FinalEvent,
     FinishReason,
     GenerateEvent,
     GenerateInput,
     GenerationRequest,
+    RetrievalInput,
     RetrieveInput,
+    SamplingOptions,
     SearchQuery,
     SearchResult,
     SourcesEvent,
@@ -24,6 +30,9 @@ from rag_grpc.domain import (
 )
 from rag_grpc.engines import Engines, Generator
 from rag_grpc.errors import NotFound
+from rag_grpc.service import cache_entries as entries
+from rag_grpc.service.cache import CacheKind, ResultCache
+from rag_grpc.service.cache_entries import CachedAnswer, IndexState
 from rag_grpc.service.prompt import grounded_messages, retrieval_query
 from rag_grpc.service.validation import Validator
 from rag_grpc.settings import Settings
@@ -33,28 +42,97 @@ def _ms_since(start: float) -> float:
     return (time.perf_counter() - start) * 1000.0
 
 
+def _replay(answer: CachedAnswer, started: float) -> Iterator[GenerateEvent]:
+    """A cached answer as a stream of the original's shape; the final event has the replay's own timings."""
+    retrieval_ms = ttft_ms = 0.0
+    if answer.sources is not None:
+        retrieval_ms = _ms_since(started)
+        yield answer.sources
+    for delta in answer.deltas:
+        if not ttft_ms:
+            ttft_ms = _ms_since(started)
+        yield delta
+    yield FinalEvent(
+        finish_reason=answer.finish_reason,
+        prompt_tokens=answer.prompt_tokens,
+        completion_tokens=answer.completion_tokens,
+        retrieval_ms=retrieval_ms,
+        time_to_first_token_ms=ttft_ms,
+        total_ms=_ms_since(started),
+        request_id=uuid.uuid4().hex,
+        model=answer.model,
+        cached=True,
+    )
+
+
 class RagService:
-    def __init__(self, engines: Engines, settings: Settings) -> None:
+    def __init__(self, engines: Engines, settings: Settings, cache: ResultCache | None = None) -> None:
         self.engines = engines
         self.settings = settings
+        self.cache = cache or ResultCache.disabled()
         self._validate = Validator(settings)
+        # Cached retrieval results are valid for this process's index only (see cache_entries.py).
+        self._index_identity = uuid.uuid4().hex
+
+    def _index_state(self, version: int) -> IndexState:
+        return IndexState(self._index_identity, version)
 
     # --- embeddings and retrieval
 
     async def embed(self, texts: Sequence[str]) -> EmbedResult:
         texts = self._validate.texts("texts", texts)
         embedder = self.engines.embedder
-        batch = await embedder.embed(texts)
-        return EmbedResult(batch=batch, model=embedder.info.model, dimension=embedder.dimension)
+        batch, cached = await self._embed_queries(texts)
+        return EmbedResult(batch=batch, model=embedder.info.model, dimension=embedder.dimension, cached=cached)
+
+    async def _embed_queries(self, texts: list[str]) -> tuple[EmbeddingBatch, list[bool]]:
+        """Embeddings through the cache, and which of them it served.
+
+        Documents being stored bypass this: their texts rarely recur, and would evict the queries that do.
+        """
+        embedder = self.engines.embedder
+        if not self.cache.enabled(CacheKind.EMBEDDING):
+            return await embedder.embed(texts), [False] * len(texts)
+        keys = [entries.embedding_key(embedder.info.model, text) for text in texts]
+        found = await self.cache.get_many(CacheKind.EMBEDDING, keys)
+        missing = [i for i, value in enumerate(found) if value is None]
+        vectors = np.empty((len(texts), embedder.dimension), dtype=np.float32)
+        counts = [0] * len(texts)
+        for i, value in enumerate(found):
+            if value is not None:
+                vectors[i], counts[i] = entries.decode_embedding(value)
+        if missing:
+            fresh = await embedder.embed([texts[i] for i in missing])
+            for row, i in enumerate(missing):
+                vectors[i], counts[i] = fresh.vectors[row], fresh.token_counts[row]
+            await self.cache.set_many(
+                CacheKind.EMBEDDING, [(keys[i], entries.encode_embedding(vectors[i], counts[i])) for i in missing]
+            )
+        return EmbeddingBatch(vectors=vectors, token_counts=counts), [value is not None for value in found]
 
     async def retrieve(self, request: RetrieveInput) -> SearchResult:
         store = self.engines.vector_store
         text, query, top_k = self._validate.retrieve(request, store.dimension)
+        filter_, min_score = dict(request.filter), request.min_score
+        subject = (
+            entries.vector_query(query.vector)
+            if query is not None
+            else entries.text_query(self.engines.embedder.info.model, text or "")
+        )
+
+        def cache_key(index_version: int) -> str:
+            return entries.retrieval_key(self._index_state(index_version), subject, top_k, filter_, min_score)
+
+        cached = await self.cache.get(CacheKind.RETRIEVAL, cache_key(store.version))
+        if cached is not None:
+            return entries.decode_search_result(cached)
         if query is None:
             assert text is not None
-            vector = (await self.engines.embedder.embed([text])).vectors[0]
-            query = SearchQuery(vector=vector, top_k=top_k, filter=dict(request.filter), min_score=request.min_score)
+            vector = (await self._embed_queries([text]))[0].vectors[0]
+            query = SearchQuery(vector=vector, top_k=top_k, filter=filter_, min_score=min_score)
         (result,) = await store.search([query])
+        # Stored under the version that answered, so a write since the lookup is never hidden.
+        await self.cache.set(CacheKind.RETRIEVAL, cache_key(result.index_version), entries.encode_search_result(result))
         return result
 
     # --- documents
@@ -102,7 +180,60 @@ class RagService:
         sampling = self._validate.sampling(request)
         retrieval = self._validate.retrieval(request.retrieval) if request.retrieval is not None else None
         generator = self.generator_for(request.model)
+        if self.cache.enabled(CacheKind.GENERATION) and entries.is_deterministic(sampling):
+            events = self._generate_through_cache(started, messages, sampling, retrieval, generator)
+        else:
+            events = self._generate(started, messages, sampling, retrieval, generator)
+        async with aclosing(events):
+            async for event in events:
+                yield event
 
+    async def _generate_through_cache(
+        self,
+        started: float,
+        messages: list[ChatMessage],
+        sampling: SamplingOptions,
+        retrieval: RetrievalInput | None,
+        generator: Generator,
+    ) -> AsyncIterator[GenerateEvent]:
+        """Replays a cached answer, or generates one and caches it once it finished (not if cancelled)."""
+
+        def cache_key(index_version: int | None) -> str:
+            index = None if index_version is None else self._index_state(index_version)
+            return entries.generation_key(generator.info.model, messages, sampling, retrieval, index)
+
+        cached = await self.cache.get(
+            CacheKind.GENERATION, cache_key(self.engines.vector_store.version if retrieval else None)
+        )
+        if cached is not None:
+            for event in _replay(entries.decode_answer(cached), started):
+                yield event
+            return
+        sources: SourcesEvent | None = None
+        deltas: list[DeltaEvent] = []
+        async with aclosing(self._generate(started, messages, sampling, retrieval, generator)) as events:
+            async for event in events:
+                if isinstance(event, SourcesEvent):
+                    sources = event
+                elif isinstance(event, DeltaEvent):
+                    deltas.append(event)
+                elif event.finish_reason is not FinishReason.CANCELLED:
+                    # Stored before the final event goes out: a caller may stop reading right after it.
+                    answer = CachedAnswer(
+                        sources, deltas, event.finish_reason, event.prompt_tokens, event.completion_tokens, event.model
+                    )
+                    key = cache_key(sources.index_version if sources else None)
+                    await self.cache.set(CacheKind.GENERATION, key, entries.encode_answer(answer))
+                yield event
+
+    async def _generate(
+        self,
+        started: float,
+        messages: list[ChatMessage],
+        sampling: SamplingOptions,
+        retrieval: RetrievalInput | None,
+        generator: Generator,
+    ) -> AsyncIterator[GenerateEvent]:
         retrieval_ms = 0.0
         if retrieval is not None:
             result = await self.retrieve(
