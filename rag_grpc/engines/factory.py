@@ -91,18 +91,24 @@ async def build_generator(settings: Settings) -> Generator:
 
 
 @asynccontextmanager
-async def open_engines(settings: Settings) -> AsyncIterator[Engines]:
-    """Starts every engine and stops them in reverse order on exit, also after a failed start."""
+async def open_engines(settings: Settings, *, with_generator: bool = True) -> AsyncIterator[Engines]:
+    """Starts every engine and stops them in reverse order on exit, also after a failed start.
+
+    `with_generator=False` (benchmarks of embedding and retrieval) leaves `generators` empty.
+    """
     if settings.torch_threads:
         import torch
 
         torch.set_num_threads(settings.torch_threads)
     async with AsyncExitStack() as stack:
-        # The generator comes first: vLLM sizes its GPU memory share against what is free at its start.
-        generator = await stack.enter_async_context(await build_generator(settings))
+        generators: dict[str, Generator] = {}
+        if with_generator:
+            # The generator comes first: vLLM sizes its GPU memory share against what is free at its start.
+            generator = await stack.enter_async_context(await build_generator(settings))
+            generators[generator.info.model] = generator
         # Each batching wrapper is left before the engine it wraps, so no batch outlives its engine.
         raw_embedder = await stack.enter_async_context(build_embedder(settings))
         embedder = await stack.enter_async_context(with_embed_batching(settings, raw_embedder))
         raw_store = await stack.enter_async_context(build_vector_store(settings, embedder.dimension))
         vector_store = await stack.enter_async_context(with_search_batching(settings, raw_store))
-        yield Engines(embedder=embedder, vector_store=vector_store, generators={generator.info.model: generator})
+        yield Engines(embedder=embedder, vector_store=vector_store, generators=generators)
