@@ -33,10 +33,28 @@ from typing import Any
 import numpy as np
 
 TOP_K = 10
-_WORDS = (
-    "lighthouse coffee planet bread river otter granite harbour engine garden violin comet "
-    "glacier lantern market orchard canyon falcon meadow tunnel"
-).split()
+_WORDS = [
+    "lighthouse",
+    "coffee",
+    "planet",
+    "bread",
+    "river",
+    "otter",
+    "granite",
+    "harbour",
+    "engine",
+    "garden",
+    "violin",
+    "comet",
+    "glacier",
+    "lantern",
+    "market",
+    "orchard",
+    "canyon",
+    "falcon",
+    "meadow",
+    "tunnel",
+]
 
 
 def short_text(i: int) -> str:
@@ -50,7 +68,10 @@ def _percentiles(latencies_s: list[float]) -> dict[str, float]:
     if not latencies_s:
         return {"p50_ms": float("nan"), "p99_ms": float("nan")}
     ordered = sorted(latencies_s)
-    pick = lambda q: ordered[min(len(ordered) - 1, int(q * len(ordered)))] * 1000.0  # noqa: E731
+
+    def pick(q: float) -> float:
+        return ordered[min(len(ordered) - 1, int(q * len(ordered)))] * 1000.0
+
     return {"p50_ms": pick(0.50), "p99_ms": pick(0.99)}
 
 
@@ -117,7 +138,12 @@ async def _run_load(load: Load) -> dict[str, Any]:
         started = time.perf_counter()
         await asyncio.gather(*(client(loop.time() + load.duration_s, True) for _ in range(load.clients)))
         elapsed = time.perf_counter() - started
-    return {"requests": len(latencies), "elapsed_s": elapsed, "per_s": len(latencies) / elapsed, **_percentiles(latencies)}
+    return {
+        "requests": len(latencies),
+        "elapsed_s": elapsed,
+        "per_s": len(latencies) / elapsed,
+        **_percentiles(latencies),
+    }
 
 
 async def measure(load: Load) -> dict[str, Any]:
@@ -138,7 +164,9 @@ async def serving(**overrides: Any) -> AsyncIterator[tuple[str, Any]]:
     from rag_grpc.service import RagService
     from rag_grpc.settings import Settings
 
-    settings = Settings(_env_file=None, port=0, cache_backend="none", log_level="warning", **overrides)  # type: ignore[call-arg]
+    settings = Settings(  # type: ignore[call-arg]
+        _env_file=None, port=0, cache_backend="none", log_level="warning", **overrides
+    )
     configure_logging(settings.log_level, settings.log_json)
     async with open_engines(settings, with_generator=False) as engines:
         server = RagServer(settings, RagService(engines, settings))
@@ -159,7 +187,9 @@ def _raw_sentence_transformer() -> Any:
 
     from rag_grpc.engines.model_files import BUNDLED_EMBEDDER, resolve_embedder, resolve_torch_device
 
-    return SentenceTransformer(resolve_embedder(BUNDLED_EMBEDDER), device=resolve_torch_device("auto"), local_files_only=True)
+    return SentenceTransformer(
+        resolve_embedder(BUNDLED_EMBEDDER), device=resolve_torch_device("auto"), local_files_only=True
+    )
 
 
 def _rate(work: Callable[[], int], min_s: float) -> float:
@@ -175,7 +205,12 @@ def _table(title: str, rows: list[tuple[str, ...]]) -> None:
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     print(f"\n{title}")
     for n, row in enumerate(rows):
-        print("  " + "  ".join(cell.ljust(w) if i == 0 else cell.rjust(w) for i, (cell, w) in enumerate(zip(row, widths))))
+        print(
+            "  "
+            + "  ".join(
+                cell.ljust(w) if i == 0 else cell.rjust(w) for i, (cell, w) in enumerate(zip(row, widths))
+            )
+        )
         if n == 0:
             print("  " + "  ".join("-" * w for w in widths))
 
@@ -197,7 +232,13 @@ async def bench_embed(
 
     def encode(batch_size: int) -> Callable[[], int]:
         def work() -> int:
-            model.encode(texts, batch_size=batch_size, normalize_embeddings=True, convert_to_numpy=True, show_progress_bar=False)
+            model.encode(
+                texts,
+                batch_size=batch_size,
+                normalize_embeddings=True,
+                convert_to_numpy=True,
+                show_progress_bar=False,
+            )
             return len(texts)
 
         return work
@@ -211,7 +252,6 @@ async def bench_embed(
     # Measured again after the service: on a shared machine the load moves, and the better raw
     # figure makes the ratio the conservative one.
     raw_after = _rate(encode(best_batch_size), raw_min_s)
-    del model
     best_raw = max(raw[best_batch_size], raw_after)
 
     result = {
@@ -232,9 +272,17 @@ async def bench_embed(
         f"Embed: {clients} concurrent callers x 1 short text vs raw SentenceTransformer.encode",
         [
             ("", "texts/s", "p50 ms", "p99 ms", "note"),
-            ("service (gRPC, micro-batched)", f"{result['service_texts_per_s']:.1f}", f"{service['p50_ms']:.1f}",
-             f"{service['p99_ms']:.1f}", f"mean batch {batching['mean_batch']:.1f}"),
-            *[(f"raw encode, batch {bs}", f"{rate:.1f}", "", "", "best" if bs == best_batch_size else "") for bs, rate in raw.items()],
+            (
+                "service (gRPC, micro-batched)",
+                f"{result['service_texts_per_s']:.1f}",
+                f"{service['p50_ms']:.1f}",
+                f"{service['p99_ms']:.1f}",
+                f"mean batch {batching['mean_batch']:.1f}",
+            ),
+            *[
+                (f"raw encode, batch {bs}", f"{rate:.1f}", "", "", "best" if bs == best_batch_size else "")
+                for bs, rate in raw.items()
+            ],
             (f"raw encode, batch {best_batch_size}, after", f"{raw_after:.1f}", "", "", "measured again"),
             ("ratio service / best raw", f"{result['ratio']:.2f}", "", "", "target >= 0.85"),
         ],
@@ -284,7 +332,13 @@ async def bench_retrieve(
     texts = [short_text(i) for i in range(clients)]
 
     def encode_and_search() -> int:
-        embedded = model.encode(texts, batch_size=clients, normalize_embeddings=True, convert_to_numpy=True, show_progress_bar=False)
+        embedded = model.encode(
+            texts,
+            batch_size=clients,
+            normalize_embeddings=True,
+            convert_to_numpy=True,
+            show_progress_bar=False,
+        )
         raw_index.search(embedded, TOP_K)
         return clients
 
@@ -294,16 +348,22 @@ async def bench_retrieve(
         store = engines.vector_store
         chunk = 10_000
         for start in range(0, documents, chunk):
-            batch = [Document(id=f"doc-{i}", text=f"document {i}") for i in range(start, min(start + chunk, documents))]
+            batch = [
+                Document(id=f"doc-{i}", text=f"document {i}")
+                for i in range(start, min(start + chunk, documents))
+            ]
             await store.upsert(batch, vectors[start : start + len(batch)])
         del vectors
-        by_vector = await measure(Load(target, "retrieve_vector", clients, duration_s, max_requests, warmup_s, dimension))
+        by_vector = await measure(
+            Load(target, "retrieve_vector", clients, duration_s, max_requests, warmup_s, dimension)
+        )
         vector_batching = _batching(store)
-        by_text = await measure(Load(target, "retrieve_text", clients, duration_s, max_requests, warmup_s, dimension, seed=1))
+        by_text = await measure(
+            Load(target, "retrieve_text", clients, duration_s, max_requests, warmup_s, dimension, seed=1)
+        )
     # Again after the service (see bench_embed); the better raw figures count.
     raw_vector_qps = max(raw_vector_qps, _rate(search_batch, raw_min_s))
     raw_text_qps = max(raw_text_qps, _rate(encode_and_search, raw_min_s))
-    del model, raw_index
 
     result = {
         "documents": documents,
@@ -324,12 +384,28 @@ async def bench_retrieve(
         f"Retrieve: {documents:,} x {dimension} flat index, {clients} concurrent callers, top_k {TOP_K}",
         [
             ("", "QPS", "p50 ms", "p99 ms", "note"),
-            ("service by vector", f"{by_vector['per_s']:.1f}", f"{by_vector['p50_ms']:.1f}", f"{by_vector['p99_ms']:.1f}",
-             f"mean search batch {vector_batching['mean_batch']:.1f}"),
-            (f"raw FAISS search, {clients} per call", f"{raw_vector_qps:.1f}", f"{raw_vector_latency['p50_ms']:.1f}",
-             f"{raw_vector_latency['p99_ms']:.1f}", "latency = one batched call"),
+            (
+                "service by vector",
+                f"{by_vector['per_s']:.1f}",
+                f"{by_vector['p50_ms']:.1f}",
+                f"{by_vector['p99_ms']:.1f}",
+                f"mean search batch {vector_batching['mean_batch']:.1f}",
+            ),
+            (
+                f"raw FAISS search, {clients} per call",
+                f"{raw_vector_qps:.1f}",
+                f"{raw_vector_latency['p50_ms']:.1f}",
+                f"{raw_vector_latency['p99_ms']:.1f}",
+                "latency = one batched call",
+            ),
             ("ratio by vector", f"{result['vector_ratio']:.2f}", "", "", "target >= 0.8"),
-            ("service by text", f"{by_text['per_s']:.1f}", f"{by_text['p50_ms']:.1f}", f"{by_text['p99_ms']:.1f}", "embed + search"),
+            (
+                "service by text",
+                f"{by_text['per_s']:.1f}",
+                f"{by_text['p50_ms']:.1f}",
+                f"{by_text['p99_ms']:.1f}",
+                "embed + search",
+            ),
             (f"raw encode + search, {clients} per call", f"{raw_text_qps:.1f}", "", "", ""),
             ("ratio by text", f"{result['text_ratio']:.2f}", "", "", ""),
         ],
@@ -342,7 +418,9 @@ async def bench_retrieve(
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--quick", action="store_true", help="short phases and a 20k-document index (smoke run)")
+    parser.add_argument(
+        "--quick", action="store_true", help="short phases and a 20k-document index (smoke run)"
+    )
     parser.add_argument("--json", help="also write the results to this file")
     args = parser.parse_args(argv)
     phase = {"duration_s": 3.0, "warmup_s": 1.0, "raw_min_s": 1.0} if args.quick else {}
@@ -357,7 +435,11 @@ def main(argv: list[str] | None = None) -> None:
         with open(args.json, "w") as out:
             json.dump(results, out, indent=2, default=float)
     ratios = {"embed": results["embed"]["ratio"], "retrieve_by_vector": results["retrieve"]["vector_ratio"]}
-    print("\nratios:", ", ".join(f"{k} {v:.2f}" for k, v in ratios.items()), f"(median {statistics.median(ratios.values()):.2f})")
+    print(
+        "\nratios:",
+        ", ".join(f"{k} {v:.2f}" for k, v in ratios.items()),
+        f"(median {statistics.median(ratios.values()):.2f})",
+    )
 
 
 if __name__ == "__main__":

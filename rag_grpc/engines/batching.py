@@ -73,7 +73,9 @@ class BatchingEmbedder:
 
     async def embed(self, texts: Sequence[str]) -> EmbeddingBatch:
         rows = await self._batcher.submit(texts)
-        return EmbeddingBatch(vectors=np.stack([vector for vector, _ in rows]), token_counts=[n for _, n in rows])
+        return EmbeddingBatch(
+            vectors=np.stack([vector for vector, _ in rows]), token_counts=[n for _, n in rows]
+        )
 
     async def _embed_batch(self, texts: list[str]) -> list[_EmbeddedText]:
         # The model sorts a batch by length itself (sentence-transformers does), so no reordering here.

@@ -131,7 +131,9 @@ class ResultCache:
         # Once per kind at warning level, so an unreachable Redis does not flood the log.
         level = "debug" if kind in self._warned else "warning"
         self._warned.add(kind)
-        getattr(log, level)("cache_unavailable", kind=kind.value, operation=operation, error=type(exc).__name__)
+        getattr(log, level)(
+            "cache_unavailable", kind=kind.value, operation=operation, error=type(exc).__name__
+        )
 
     async def close(self) -> None:
         for backend in {id(b): b for b in self._backends.values()}.values():
@@ -167,7 +169,9 @@ def build_result_cache(settings: Settings, stats: CacheStats | None = None) -> R
     backends: dict[CacheKind, BaseCache] = {}
     if settings.cache_backend == "memory":
         # No timeout: in-process operations cannot hang, and wait_for would cost a task per call.
-        backends = {kind: BoundedMemoryCache(max_entries, timeout=None) for kind, (_, max_entries) in limits.items()}
+        backends = {
+            kind: BoundedMemoryCache(max_entries, timeout=None) for kind, (_, max_entries) in limits.items()
+        }
     elif settings.cache_backend == "redis" and limits:
         # One connection pool for every kind; keys are namespaced per kind.
         redis = RedisCache(
@@ -182,7 +186,9 @@ def build_result_cache(settings: Settings, stats: CacheStats | None = None) -> R
 
 
 @asynccontextmanager
-async def open_result_cache(settings: Settings, stats: CacheStats | None = None) -> AsyncIterator[ResultCache]:
+async def open_result_cache(
+    settings: Settings, stats: CacheStats | None = None
+) -> AsyncIterator[ResultCache]:
     cache = build_result_cache(settings, stats)
     try:
         yield cache

@@ -113,8 +113,17 @@ def generation_key(
     return _digest(
         model,
         [[m.role, m.content] for m in messages],
-        [sampling.max_tokens, sampling.temperature, sampling.top_p, sampling.top_k, list(sampling.stop), sampling.seed],
-        None if retrieval is None else [retrieval.top_k, sorted(retrieval.filter.items()), retrieval.min_score],
+        [
+            sampling.max_tokens,
+            sampling.temperature,
+            sampling.top_p,
+            sampling.top_k,
+            list(sampling.stop),
+            sampling.seed,
+        ],
+        None
+        if retrieval is None
+        else [retrieval.top_k, sorted(retrieval.filter.items()), retrieval.min_score],
         None if index is None else [index.identity, index.version],
     )
 
@@ -135,7 +144,9 @@ def encode_answer(answer: CachedAnswer) -> bytes:
     sources = answer.sources
     return json.dumps(
         {
-            "sources": None if sources is None else {"version": sources.index_version, "hits": _hits_json(sources.hits)},
+            "sources": None
+            if sources is None
+            else {"version": sources.index_version, "hits": _hits_json(sources.hits)},
             "deltas": [[d.text, d.token_count] for d in answer.deltas],
             "finish_reason": answer.finish_reason.value,
             "usage": [answer.prompt_tokens, answer.completion_tokens],
@@ -149,7 +160,9 @@ def decode_answer(value: bytes) -> CachedAnswer:
     sources = data["sources"]
     prompt_tokens, completion_tokens = data["usage"]
     return CachedAnswer(
-        sources=None if sources is None else SourcesEvent(hits=_hits(sources["hits"]), index_version=sources["version"]),
+        sources=None
+        if sources is None
+        else SourcesEvent(hits=_hits(sources["hits"]), index_version=sources["version"]),
         deltas=[DeltaEvent(text=text, token_count=count) for text, count in data["deltas"]],
         finish_reason=FinishReason(data["finish_reason"]),
         prompt_tokens=prompt_tokens,

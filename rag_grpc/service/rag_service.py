@@ -81,14 +81,14 @@ class RagService:
 
     async def embed(self, texts: Sequence[str]) -> EmbedResult:
         texts = self._validate.texts("texts", texts)
-        embedder = self.engines.embedder
         batch, cached = await self._embed_queries(texts)
-        return EmbedResult(batch=batch, model=embedder.info.model, dimension=embedder.dimension, cached=cached)
+        embedder = self.engines.embedder
+        return EmbedResult(batch, model=embedder.info.model, dimension=embedder.dimension, cached=cached)
 
     async def _embed_queries(self, texts: list[str]) -> tuple[EmbeddingBatch, list[bool]]:
         """Embeddings through the cache, and which of them it served.
 
-        Documents being stored bypass this: their texts rarely recur, and would evict the queries that do.
+        Documents being stored bypass this: their texts rarely recur and would evict the queries that do.
         """
         embedder = self.engines.embedder
         if not self.cache.enabled(CacheKind.EMBEDDING):
@@ -105,9 +105,8 @@ class RagService:
             fresh = await embedder.embed([texts[i] for i in missing])
             for row, i in enumerate(missing):
                 vectors[i], counts[i] = fresh.vectors[row], fresh.token_counts[row]
-            await self.cache.set_many(
-                CacheKind.EMBEDDING, [(keys[i], entries.encode_embedding(vectors[i], counts[i])) for i in missing]
-            )
+            fresh_entries = [(keys[i], entries.encode_embedding(vectors[i], counts[i])) for i in missing]
+            await self.cache.set_many(CacheKind.EMBEDDING, fresh_entries)
         return EmbeddingBatch(vectors=vectors, token_counts=counts), [value is not None for value in found]
 
     async def retrieve(self, request: RetrieveInput) -> SearchResult:
@@ -132,7 +131,8 @@ class RagService:
             query = SearchQuery(vector=vector, top_k=top_k, filter=filter_, min_score=min_score)
         (result,) = await store.search([query])
         # Stored under the version that answered, so a write since the lookup is never hidden.
-        await self.cache.set(CacheKind.RETRIEVAL, cache_key(result.index_version), entries.encode_search_result(result))
+        encoded = entries.encode_search_result(result)
+        await self.cache.set(CacheKind.RETRIEVAL, cache_key(result.index_version), encoded)
         return result
 
     # --- documents
@@ -220,7 +220,12 @@ class RagService:
                 elif event.finish_reason is not FinishReason.CANCELLED:
                     # Stored before the final event goes out: a caller may stop reading right after it.
                     answer = CachedAnswer(
-                        sources, deltas, event.finish_reason, event.prompt_tokens, event.completion_tokens, event.model
+                        sources,
+                        deltas,
+                        event.finish_reason,
+                        event.prompt_tokens,
+                        event.completion_tokens,
+                        event.model,
                     )
                     key = cache_key(sources.index_version if sources else None)
                     await self.cache.set(CacheKind.GENERATION, key, entries.encode_answer(answer))

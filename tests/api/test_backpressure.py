@@ -15,10 +15,14 @@ from tests.conftest import Stubs
 from tests.helpers import expect_status
 
 
-async def test_a_full_embedding_queue_answers_unavailable_at_once(engines: Engines, settings: Settings) -> None:
+async def test_a_full_embedding_queue_answers_unavailable_at_once(
+    engines: Engines, settings: Settings
+) -> None:
     assert isinstance(engines.embedder, BatchingEmbedder)
     # A long max_wait holds the first call in the queue, which then has no room for a second text.
-    async with BatchingEmbedder(engines.embedder.inner, max_batch_size=8, max_wait_s=30, max_queued_texts=1) as embedder:
+    async with BatchingEmbedder(
+        engines.embedder.inner, max_batch_size=8, max_wait_s=30, max_queued_texts=1
+    ) as embedder:
         crowded = Engines(embedder=embedder, vector_store=engines.vector_store, generators=engines.generators)
         server = RagServer(settings, RagService(crowded, settings))
         await server.start()
@@ -30,7 +34,8 @@ async def test_a_full_embedding_queue_answers_unavailable_at_once(engines: Engin
                     await asyncio.sleep(0.005)
                 started = time.perf_counter()
                 error = await expect_status(
-                    stubs.retrieve.Retrieve(pb.RetrieveRequest(text="second in line")), grpc.StatusCode.UNAVAILABLE
+                    stubs.retrieve.Retrieve(pb.RetrieveRequest(text="second in line")),
+                    grpc.StatusCode.UNAVAILABLE,
                 )
                 assert time.perf_counter() - started < 1.0
                 assert "overloaded" in (error.details() or "")

@@ -31,8 +31,13 @@ class CachedServer:
 
 
 @pytest.fixture(params=["memory", "redis"])
-async def cached(request: pytest.FixtureRequest, engines: Engines, settings: Settings) -> AsyncIterator[CachedServer]:
-    overrides: dict[str, object] = {"cache_backend": request.param, "cache_namespace": f"test-{uuid.uuid4().hex}"}
+async def cached(
+    request: pytest.FixtureRequest, engines: Engines, settings: Settings
+) -> AsyncIterator[CachedServer]:
+    overrides: dict[str, object] = {
+        "cache_backend": request.param,
+        "cache_namespace": f"test-{uuid.uuid4().hex}",
+    }
     if request.param == "redis":
         overrides["cache_redis_url"] = SecretStr(request.getfixturevalue("redis_url"))
     cache_settings = settings.model_copy(update=overrides)
@@ -48,10 +53,15 @@ async def cached(request: pytest.FixtureRequest, engines: Engines, settings: Set
 
 
 async def test_embed_hit_equals_the_miss(cached: CachedServer) -> None:
-    texts = [f"A lighthouse keeper's log, entry {uuid.uuid4().hex}.", f"Coffee tasting notes {uuid.uuid4().hex}."]
+    texts = [
+        f"A lighthouse keeper's log, entry {uuid.uuid4().hex}.",
+        f"Coffee tasting notes {uuid.uuid4().hex}.",
+    ]
     miss = await cached.stubs.embed.Embed(pb.EmbedRequest(texts=texts))
     hit = await cached.stubs.embed.Embed(pb.EmbedRequest(texts=texts))
-    partial = await cached.stubs.embed.Embed(pb.EmbedRequest(texts=[texts[1], "a text not seen before " + uuid.uuid4().hex]))
+    partial = await cached.stubs.embed.Embed(
+        pb.EmbedRequest(texts=[texts[1], "a text not seen before " + uuid.uuid4().hex])
+    )
 
     assert [e.cached for e in miss.embeddings] == [False, False]
     assert [e.cached for e in hit.embeddings] == [True, True]
@@ -66,10 +76,16 @@ async def test_embed_hit_equals_the_miss(cached: CachedServer) -> None:
     assert not cached.stats.errors
 
 
-async def test_retrieve_hit_equals_the_miss_and_a_write_invalidates_it(cached: CachedServer, isolated_tag: str) -> None:
+async def test_retrieve_hit_equals_the_miss_and_a_write_invalidates_it(
+    cached: CachedServer, isolated_tag: str
+) -> None:
     stubs = cached.stubs
     await stubs.documents.Upsert(
-        pb.UpsertRequest(documents=[doc(f"{isolated_tag}-otters", "Sea otters hold hands while they sleep.", test=isolated_tag)])
+        pb.UpsertRequest(
+            documents=[
+                doc(f"{isolated_tag}-otters", "Sea otters hold hands while they sleep.", test=isolated_tag)
+            ]
+        )
     )
     by_text = pb.RetrieveRequest(text="how do otters sleep?", top_k=3, filter={"test": isolated_tag})
     miss = await stubs.retrieve.Retrieve(by_text)
@@ -79,10 +95,18 @@ async def test_retrieve_hit_equals_the_miss_and_a_write_invalidates_it(cached: C
     assert [h.id for h in hit.hits] == [f"{isolated_tag}-otters"]
 
     # Another top_k is another entry.
-    assert not (await stubs.retrieve.Retrieve(pb.RetrieveRequest(text="how do otters sleep?", top_k=1, filter={"test": isolated_tag}))).cached
+    assert not (
+        await stubs.retrieve.Retrieve(
+            pb.RetrieveRequest(text="how do otters sleep?", top_k=1, filter={"test": isolated_tag})
+        )
+    ).cached
 
     written = await stubs.documents.Upsert(
-        pb.UpsertRequest(documents=[doc(f"{isolated_tag}-sleep", "Otters sleep floating on their backs.", test=isolated_tag)])
+        pb.UpsertRequest(
+            documents=[
+                doc(f"{isolated_tag}-sleep", "Otters sleep floating on their backs.", test=isolated_tag)
+            ]
+        )
     )
     assert written.index_version > miss.index_version
     after_write = await stubs.retrieve.Retrieve(by_text)
@@ -97,11 +121,19 @@ async def test_retrieve_hit_equals_the_miss_and_a_write_invalidates_it(cached: C
     assert [h.id for h in after_delete.hits] == [f"{isolated_tag}-otters"]
 
 
-async def test_retrieve_by_vector_is_cached_by_the_normalized_vector(cached: CachedServer, isolated_tag: str) -> None:
+async def test_retrieve_by_vector_is_cached_by_the_normalized_vector(
+    cached: CachedServer, isolated_tag: str
+) -> None:
     stubs = cached.stubs
-    await stubs.documents.Upsert(pb.UpsertRequest(documents=[doc(f"{isolated_tag}-g", "Granite is an igneous rock.", test=isolated_tag)]))
+    await stubs.documents.Upsert(
+        pb.UpsertRequest(
+            documents=[doc(f"{isolated_tag}-g", "Granite is an igneous rock.", test=isolated_tag)]
+        )
+    )
     vector = np.array((await stubs.embed.Embed(pb.EmbedRequest(texts=["igneous rock"]))).embeddings[0].values)
-    request = pb.RetrieveRequest(vector=pb.Vector(values=vector.tolist()), top_k=2, filter={"test": isolated_tag}, min_score=0.1)
+    request = pb.RetrieveRequest(
+        vector=pb.Vector(values=vector.tolist()), top_k=2, filter={"test": isolated_tag}, min_score=0.1
+    )
     miss = await stubs.retrieve.Retrieve(request)
     # The same direction: the server normalizes it, and scaling by a power of two keeps that bit-exact.
     request.vector.values[:] = (vector * 4).tolist()
@@ -118,7 +150,15 @@ def _shape(messages: list[pb.GenerateResponse]) -> list[object]:
     for message in messages:
         if message.HasField("final"):
             final = message.final
-            shape.append(("final", final.finish_reason, final.usage.prompt_tokens, final.usage.completion_tokens, final.model))
+            shape.append(
+                (
+                    "final",
+                    final.finish_reason,
+                    final.usage.prompt_tokens,
+                    final.usage.completion_tokens,
+                    final.model,
+                )
+            )
         else:
             shape.append(message)
     return shape
@@ -126,7 +166,8 @@ def _shape(messages: list[pb.GenerateResponse]) -> list[object]:
 
 async def test_a_replayed_greedy_answer_has_the_same_messages(cached: CachedServer) -> None:
     request = pb.GenerateRequest(
-        prompt=f"Name three colours. ({uuid.uuid4().hex[:6]})", sampling=pb.SamplingParams(max_tokens=12, temperature=0)
+        prompt=f"Name three colours. ({uuid.uuid4().hex[:6]})",
+        sampling=pb.SamplingParams(max_tokens=12, temperature=0),
     )
     original = await collect(cached.stubs.generate.Generate(request))
     replay = await collect(cached.stubs.generate.Generate(request))
@@ -146,7 +187,9 @@ async def test_sampled_answers_are_cached_only_with_a_seed(cached: CachedServer)
     await collect(cached.stubs.generate.Generate(unseeded))
     assert not (await collect(cached.stubs.generate.Generate(unseeded)))[-1].final.cached
 
-    seeded = pb.GenerateRequest(prompt=prompt, sampling=pb.SamplingParams(max_tokens=6, temperature=1.0, seed=7))
+    seeded = pb.GenerateRequest(
+        prompt=prompt, sampling=pb.SamplingParams(max_tokens=6, temperature=1.0, seed=7)
+    )
     original = await collect(cached.stubs.generate.Generate(seeded))
     replay = await collect(cached.stubs.generate.Generate(seeded))
     assert replay[-1].final.cached and _shape(replay) == _shape(original)
@@ -159,7 +202,11 @@ async def test_a_grounded_answer_is_replayed_with_its_sources_until_the_index_ch
 ) -> None:
     stubs = cached.stubs
     await stubs.documents.Upsert(
-        pb.UpsertRequest(documents=[doc(f"{isolated_tag}-pw", "The Zorblax password is 'purple-harmonica'.", test=isolated_tag)])
+        pb.UpsertRequest(
+            documents=[
+                doc(f"{isolated_tag}-pw", "The Zorblax password is 'purple-harmonica'.", test=isolated_tag)
+            ]
+        )
     )
     request = pb.GenerateRequest(
         prompt="What is the Zorblax password?",
@@ -172,7 +219,9 @@ async def test_a_grounded_answer_is_replayed_with_its_sources_until_the_index_ch
     assert _shape(replay) == _shape(original)
     assert replay[-1].final.timings.retrieval_ms > 0
 
-    await stubs.documents.Upsert(pb.UpsertRequest(documents=[doc(f"{isolated_tag}-x", "Unrelated.", test=isolated_tag)]))
+    await stubs.documents.Upsert(
+        pb.UpsertRequest(documents=[doc(f"{isolated_tag}-x", "Unrelated.", test=isolated_tag)])
+    )
     after_write = await collect(stubs.generate.Generate(request))
     assert not after_write[-1].final.cached
     assert after_write[0].sources.index_version > original[0].sources.index_version
@@ -180,7 +229,8 @@ async def test_a_grounded_answer_is_replayed_with_its_sources_until_the_index_ch
 
 async def test_a_cancelled_stream_is_not_cached(cached: CachedServer) -> None:
     request = pb.GenerateRequest(
-        prompt=f"Write a long story about a dragon. ({uuid.uuid4().hex[:6]})", sampling=pb.SamplingParams(max_tokens=200)
+        prompt=f"Write a long story about a dragon. ({uuid.uuid4().hex[:6]})",
+        sampling=pb.SamplingParams(max_tokens=200),
     )
     call = cached.stubs.generate.Generate(request)
     async for message in call:

@@ -42,7 +42,9 @@ async def _until(condition: object, timeout_s: float = 10.0) -> None:
 
 async def test_concurrent_calls_share_batches_and_equal_unbatched_embeddings(raw_embedder: Embedder) -> None:
     unbatched = [(await raw_embedder.embed([text])).vectors[0] for text in TEXTS]
-    async with BatchingEmbedder(raw_embedder, max_batch_size=64, max_wait_s=0.2, max_queued_texts=100) as batching:
+    async with BatchingEmbedder(
+        raw_embedder, max_batch_size=64, max_wait_s=0.2, max_queued_texts=100
+    ) as batching:
         results = await asyncio.gather(*(batching.embed([text]) for text in TEXTS))
         assert batching.stats.batches < len(TEXTS), "concurrent calls were not coalesced"
         assert batching.stats.items == len(TEXTS)
@@ -53,7 +55,9 @@ async def test_concurrent_calls_share_batches_and_equal_unbatched_embeddings(raw
 
 
 async def test_multi_text_calls_keep_their_order_and_large_calls_run_alone(raw_embedder: Embedder) -> None:
-    async with BatchingEmbedder(raw_embedder, max_batch_size=4, max_wait_s=0.05, max_queued_texts=100) as batching:
+    async with BatchingEmbedder(
+        raw_embedder, max_batch_size=4, max_wait_s=0.05, max_queued_texts=100
+    ) as batching:
         pair, big, single = await asyncio.gather(
             batching.embed(TEXTS[:2]), batching.embed(TEXTS), batching.embed(TEXTS[5:])
         )
@@ -63,8 +67,12 @@ async def test_multi_text_calls_keep_their_order_and_large_calls_run_alone(raw_e
     np.testing.assert_allclose(single.vectors, reference[5:], atol=1e-5)
 
 
-async def test_a_caller_cancelled_while_queued_is_dropped_and_the_others_complete(raw_embedder: Embedder) -> None:
-    async with BatchingEmbedder(raw_embedder, max_batch_size=64, max_wait_s=0.3, max_queued_texts=100) as batching:
+async def test_a_caller_cancelled_while_queued_is_dropped_and_the_others_complete(
+    raw_embedder: Embedder,
+) -> None:
+    async with BatchingEmbedder(
+        raw_embedder, max_batch_size=64, max_wait_s=0.3, max_queued_texts=100
+    ) as batching:
         tasks = [asyncio.create_task(batching.embed([text])) for text in TEXTS[:3]]
         doomed = asyncio.create_task(batching.embed(["this text is never embedded", "nor this one"]))
         await _until(lambda: batching.queued_texts == 5)
@@ -74,13 +82,17 @@ async def test_a_caller_cancelled_while_queued_is_dropped_and_the_others_complet
         assert batching.stats.dropped_items == 2
         assert batching.stats.items == 3  # the cancelled texts never reached the model
     for text, result in zip(TEXTS, results, strict=False):
-        np.testing.assert_allclose(result.vectors[0], (await raw_embedder.embed([text])).vectors[0], atol=1e-5)
+        np.testing.assert_allclose(
+            result.vectors[0], (await raw_embedder.embed([text])).vectors[0], atol=1e-5
+        )
 
 
 async def test_a_caller_cancelled_during_its_batch_does_not_fail_the_others(raw_embedder: Embedder) -> None:
     # 64 texts take long enough on a CPU that the cancellation lands while the batch is computing.
     texts = [f"{TEXTS[i % len(TEXTS)]} (variant {i})" for i in range(64)]
-    async with BatchingEmbedder(raw_embedder, max_batch_size=128, max_wait_s=0.2, max_queued_texts=200) as batching:
+    async with BatchingEmbedder(
+        raw_embedder, max_batch_size=128, max_wait_s=0.2, max_queued_texts=200
+    ) as batching:
         doomed = asyncio.create_task(batching.embed(texts[:32]))
         survivor = asyncio.create_task(batching.embed(texts[32:]))
         await _until(lambda: batching.queued_texts == 64)
@@ -94,7 +106,9 @@ async def test_a_caller_cancelled_during_its_batch_does_not_fail_the_others(raw_
 
 async def test_a_full_queue_answers_at_once(raw_embedder: Embedder) -> None:
     # A long max_wait keeps the first call queued, so the queue stays full while the second arrives.
-    async with BatchingEmbedder(raw_embedder, max_batch_size=64, max_wait_s=30, max_queued_texts=4) as batching:
+    async with BatchingEmbedder(
+        raw_embedder, max_batch_size=64, max_wait_s=30, max_queued_texts=4
+    ) as batching:
         waiting = asyncio.create_task(batching.embed(TEXTS[:4]))
         await _until(lambda: batching.queued_texts == 4)
         loop = asyncio.get_running_loop()
@@ -114,7 +128,9 @@ async def store() -> AsyncIterator[FaissVectorStore]:
         rng = np.random.default_rng(7)
         vectors = rng.normal(size=(200, 8)).astype(np.float32)
         vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
-        documents = [Document(id=f"d{i}", text=f"doc {i}", metadata={"parity": str(i % 2)}) for i in range(200)]
+        documents = [
+            Document(id=f"d{i}", text=f"doc {i}", metadata={"parity": str(i % 2)}) for i in range(200)
+        ]
         await faiss_store.upsert(documents, vectors)
         yield faiss_store
 
@@ -129,10 +145,14 @@ def _queries(count: int) -> list[SearchQuery]:
     ]
 
 
-async def test_concurrent_searches_share_index_calls_and_equal_single_searches(store: FaissVectorStore) -> None:
+async def test_concurrent_searches_share_index_calls_and_equal_single_searches(
+    store: FaissVectorStore,
+) -> None:
     queries = _queries(40)
     expected = [(await store.search([q]))[0] for q in queries]
-    async with BatchingVectorStore(store, max_batch_size=64, max_wait_s=0.1, max_queued_queries=100) as batching:
+    async with BatchingVectorStore(
+        store, max_batch_size=64, max_wait_s=0.1, max_queued_queries=100
+    ) as batching:
         results = await asyncio.gather(*(batching.search([q]) for q in queries))
         assert batching.stats.batches < len(queries)
     assert [r[0] for r in results] == expected
@@ -141,7 +161,9 @@ async def test_concurrent_searches_share_index_calls_and_equal_single_searches(s
 async def test_a_bad_query_fails_only_its_own_caller(store: FaissVectorStore) -> None:
     good = _queries(3)
     bad = SearchQuery(vector=np.ones(5, dtype=np.float32), top_k=3)
-    async with BatchingVectorStore(store, max_batch_size=64, max_wait_s=0.1, max_queued_queries=100) as batching:
+    async with BatchingVectorStore(
+        store, max_batch_size=64, max_wait_s=0.1, max_queued_queries=100
+    ) as batching:
         outcomes = await asyncio.gather(
             *(batching.search([q]) for q in good), batching.search([bad]), return_exceptions=True
         )
