@@ -1,19 +1,21 @@
 """Embed and Retrieve throughput of the service, side by side with the raw engines, in one run.
 
-- Embed: `clients` concurrent callers, each sending one short text per call, against the
-  service on loopback -> texts/s and latency; against raw `SentenceTransformer.encode` on the same
+- Embed: `clients` concurrent callers, each sending one short text per call, against the service
+  on loopback -> texts/s and latency; against raw `SentenceTransformer.encode` on the same kind of
   texts at its best batch size.
-- Retrieve: `documents` random unit vectors loaded straight into the store (not embedded); `clients`
-  concurrent callers by vector and by text -> QPS and p50/p99; against raw batched FAISS search
-  (an IndexFlatIP holding the same vectors, `clients` queries per call) and, for text queries,
-  against raw batched encode + search.
+- Retrieve: `documents` random unit vectors loaded straight into the store (not embedded);
+  `clients` concurrent callers by vector and by text -> QPS and p50/p99; against raw batched FAISS
+  search (an IndexFlatIP holding the same vectors, `clients` queries per call) and, for text
+  queries, raw batched encode + search.
 
 The server runs in this process; the load generator runs in a child process so that its gRPC
-client work does not share the server's event loop (it does share the machine's cores, as any
-load generator on the same host does). Every phase is bounded by time and by request count; the
-caches are off, so every call reaches the engines.
+client work does not share the server's event loop (it does share the machine's cores, as any load
+generator on the same host does). Raw and service phases alternate in short rounds, so a shared
+machine's changing load hits both sides alike; totals are summed over the rounds. Every phase is
+bounded by time and by request count; the caches are off, so every call reaches the engines.
 
-Run: `python -m bench.embed_retrieve [--quick]`. Each bench_* function returns a dict and prints a table.
+Run: `python -m bench.embed_retrieve [--quick] [--json FILE]`. bench_embed and bench_retrieve each
+return a dict and print a table.
 """
 
 from __future__ import annotations
@@ -27,40 +29,21 @@ import time
 from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ProcessPoolExecutor
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
 TOP_K = 10
 _WORDS = [
-    "lighthouse",
-    "coffee",
-    "planet",
-    "bread",
-    "river",
-    "otter",
-    "granite",
-    "harbour",
-    "engine",
-    "garden",
-    "violin",
-    "comet",
-    "glacier",
-    "lantern",
-    "market",
-    "orchard",
-    "canyon",
-    "falcon",
-    "meadow",
-    "tunnel",
-]
+    "lighthouse", "coffee", "planet", "bread", "river", "otter", "granite", "harbour", "engine", "garden",
+    "violin", "comet", "glacier", "lantern", "market", "orchard", "canyon", "falcon", "meadow", "tunnel",
+]  # fmt: skip
 
 
 def short_text(i: int) -> str:
-    """A distinct short query (about ten tokens), so no two calls send the same text."""
-    rng = np.random.default_rng(i)
-    words = " ".join(rng.choice(_WORDS, size=4))
+    """A distinct short query (about a dozen tokens), so no two calls send the same text."""
+    words = " ".join(_WORDS[(i // 20**k) % 20] for k in range(4))
     return f"where is the {words} number {i}?"
 
 
@@ -75,6 +58,59 @@ def _percentiles(latencies_s: list[float]) -> dict[str, float]:
     return {"p50_ms": pick(0.50), "p99_ms": pick(0.99)}
 
 
+@dataclass
+class Tally:
+    """Items, seconds and per-item latencies of one phase."""
+
+    items: int = 0
+    seconds: float = 0.0
+    latencies_s: list[float] = field(default_factory=list)
+
+    @property
+    def per_s(self) -> float:
+        return self.items / self.seconds if self.seconds else 0.0
+
+    def summary(self) -> dict[str, float]:
+        return {
+            "per_s": self.per_s,
+            "items": self.items,
+            "seconds": self.seconds,
+            **_percentiles(self.latencies_s),
+        }
+
+
+@dataclass
+class Series:
+    """One measured thing, one Tally per round."""
+
+    rounds: list[Tally] = field(default_factory=list)
+
+    def new_round(self) -> Tally:
+        self.rounds.append(Tally())
+        return self.rounds[-1]
+
+    @property
+    def total(self) -> Tally:
+        return Tally(
+            items=sum(t.items for t in self.rounds),
+            seconds=sum(t.seconds for t in self.rounds),
+            latencies_s=[x for t in self.rounds for x in t.latencies_s],
+        )
+
+
+def ratio_summary(service: Series, *raws: Series) -> dict[str, Any]:
+    """Service over best raw rate, two ways: of the totals, and the median of each round's ratio
+    (robust to a neighbour's load spike that hits one phase of one round)."""
+    per_round = [
+        tally.per_s / max(raw.rounds[n].per_s for raw in raws) for n, tally in enumerate(service.rounds)
+    ]
+    return {
+        "ratio": service.total.per_s / max(raw.total.per_s for raw in raws),
+        "ratio_median_of_rounds": statistics.median(per_round),
+        "ratio_by_round": per_round,
+    }
+
+
 # ------------------------------------------------------------------ load generator (child process)
 
 
@@ -85,24 +121,23 @@ class Load:
     clients: int
     duration_s: float
     max_requests: int
-    warmup_s: float
+    warmup_s: float = 0.0
     dimension: int = 384
     seed: int = 0
 
 
-def run_load(load: Load) -> dict[str, Any]:
+def run_load(load: Load) -> tuple[int, float, list[float]]:
+    """(requests, seconds, latencies) of one round; runs in the child process."""
     return asyncio.run(_run_load(load))
 
 
-async def _run_load(load: Load) -> dict[str, Any]:
+async def _run_load(load: Load) -> tuple[int, float, list[float]]:
     import grpc
 
     from rag_grpc.v1 import rag_pb2 as pb
     from rag_grpc.v1 import rag_pb2_grpc as pb_grpc
 
-    rng = np.random.default_rng(load.seed)
     counter = iter(range(load.seed * 10_000_000, (load.seed + 1) * 10_000_000))
-
     async with grpc.aio.insecure_channel(load.target) as channel:
         if load.rpc == "embed":
             embed = pb_grpc.EmbedServiceStub(channel).Embed
@@ -112,6 +147,7 @@ async def _run_load(load: Load) -> dict[str, Any]:
 
         elif load.rpc == "retrieve_vector":
             retrieve = pb_grpc.RetrieveServiceStub(channel).Retrieve
+            rng = np.random.default_rng(load.seed)
             vectors = rng.normal(size=(4096, load.dimension)).astype(np.float32).tolist()
 
             async def call() -> None:
@@ -134,22 +170,39 @@ async def _run_load(load: Load) -> dict[str, Any]:
                 if record:
                     latencies.append(time.perf_counter() - started)
 
-        await asyncio.gather(*(client(loop.time() + load.warmup_s, False) for _ in range(load.clients)))
+        if load.warmup_s:
+            await asyncio.gather(*(client(loop.time() + load.warmup_s, False) for _ in range(load.clients)))
         started = time.perf_counter()
         await asyncio.gather(*(client(loop.time() + load.duration_s, True) for _ in range(load.clients)))
-        elapsed = time.perf_counter() - started
-    return {
-        "requests": len(latencies),
-        "elapsed_s": elapsed,
-        "per_s": len(latencies) / elapsed,
-        **_percentiles(latencies),
-    }
+        return len(latencies), time.perf_counter() - started, latencies
 
 
-async def measure(load: Load) -> dict[str, Any]:
-    loop = asyncio.get_running_loop()
-    with ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn")) as pool:
-        return await loop.run_in_executor(pool, run_load, load)
+class LoadGenerator:
+    """One child process (started once, imports paid once) that runs load rounds."""
+
+    def __init__(self) -> None:
+        self._pool = ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn"))
+
+    async def run(self, load: Load, into: Tally) -> None:
+        requests, seconds, latencies = await asyncio.get_running_loop().run_in_executor(
+            self._pool, run_load, load
+        )
+        into.items += requests
+        into.seconds += seconds
+        into.latencies_s.extend(latencies)
+
+    def close(self) -> None:
+        self._pool.shutdown()
+
+
+def _raw_round(work: Callable[[], int], seconds: float, into: Tally) -> None:
+    """Repeats `work` (which returns how many items it did) for about `seconds`."""
+    started = time.perf_counter()
+    while time.perf_counter() - started < seconds:
+        call_started = time.perf_counter()
+        into.items += work()
+        into.latencies_s.append(time.perf_counter() - call_started)
+    into.seconds += time.perf_counter() - started
 
 
 # ------------------------------------------------------------------ the service under test
@@ -177,9 +230,8 @@ async def serving(**overrides: Any) -> AsyncIterator[tuple[str, Any]]:
             await server.stop(0)
 
 
-def _batching(engine: Any) -> dict[str, float]:
-    stats = engine.stats
-    return {"batches": stats.batches, "mean_batch": stats.items / max(stats.batches, 1)}
+def _mean_batch(engine: Any) -> float:
+    return float(engine.stats.items / max(engine.stats.batches, 1))
 
 
 def _raw_sentence_transformer() -> Any:
@@ -187,32 +239,30 @@ def _raw_sentence_transformer() -> Any:
 
     from rag_grpc.engines.model_files import BUNDLED_EMBEDDER, resolve_embedder, resolve_torch_device
 
-    return SentenceTransformer(
+    model = SentenceTransformer(
         resolve_embedder(BUNDLED_EMBEDDER), device=resolve_torch_device("auto"), local_files_only=True
     )
-
-
-def _rate(work: Callable[[], int], min_s: float) -> float:
-    """Items per second of `work` (which returns how many it did), repeated for at least min_s."""
-    work()  # warm-up
-    done, started = 0, time.perf_counter()
-    while (elapsed := time.perf_counter() - started) < min_s:
-        done += work()
-    return done / elapsed
+    return model.eval()
 
 
 def _table(title: str, rows: list[tuple[str, ...]]) -> None:
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     print(f"\n{title}")
     for n, row in enumerate(rows):
-        print(
-            "  "
-            + "  ".join(
-                cell.ljust(w) if i == 0 else cell.rjust(w) for i, (cell, w) in enumerate(zip(row, widths))
-            )
-        )
+        cells = [cell.ljust(w) if i == 0 else cell.rjust(w) for i, (cell, w) in enumerate(zip(row, widths))]
+        print("  " + "  ".join(cells))
         if n == 0:
             print("  " + "  ".join("-" * w for w in widths))
+
+
+def _row(name: str, tally: Tally, note: str = "") -> tuple[str, ...]:
+    p = _percentiles(tally.latencies_s)
+    return (name, f"{tally.per_s:.1f}", f"{p['p50_ms']:.1f}", f"{p['p99_ms']:.1f}", note)
+
+
+def _ratio_row(name: str, ratios: dict[str, Any], note: str) -> tuple[str, ...]:
+    median = f"median of rounds {ratios['ratio_median_of_rounds']:.2f}"
+    return (name, f"{ratios['ratio']:.2f}", "", "", f"{median}; {note}" if note else median)
 
 
 # ------------------------------------------------------------------ Embed
@@ -220,17 +270,19 @@ def _table(title: str, rows: list[tuple[str, ...]]) -> None:
 
 async def bench_embed(
     clients: int = 64,
-    duration_s: float = 10.0,
+    rounds: int = 6,
+    service_s: float = 3.0,
+    raw_s: float = 1.0,
     warmup_s: float = 2.0,
     max_requests: int = 50_000,
     batch_sizes: tuple[int, ...] = (16, 32, 64, 128),
-    raw_min_s: float = 3.0,
 ) -> dict[str, Any]:
     """Embed texts/s with `clients` concurrent one-text callers vs raw encode at its best batch size."""
     model = _raw_sentence_transformer()
-    texts = [short_text(i) for i in range(max(batch_sizes) * 4)]
 
     def encode(batch_size: int) -> Callable[[], int]:
+        texts = [short_text(i) for i in range(batch_size)]
+
         def work() -> int:
             model.encode(
                 texts,
@@ -239,52 +291,48 @@ async def bench_embed(
                 convert_to_numpy=True,
                 show_progress_bar=False,
             )
-            return len(texts)
+            return batch_size
 
         return work
 
-    raw = {bs: _rate(encode(bs), raw_min_s) for bs in batch_sizes}
-    best_batch_size = max(raw, key=raw.__getitem__)
+    raw = {bs: Series() for bs in batch_sizes}
+    service = Series()
+    generator = LoadGenerator()
+    try:
+        async with serving() as (target, engines):
+            for n in range(rounds):
+                for bs, series in raw.items():
+                    _raw_round(encode(bs), raw_s, series.new_round())
+                load = Load(
+                    target, "embed", clients, service_s, max_requests, warmup_s if n == 0 else 0.0, seed=n
+                )
+                await generator.run(load, service.new_round())
+            mean_batch = _mean_batch(engines.embedder)
+    finally:
+        generator.close()
 
-    async with serving() as (target, engines):
-        service = await measure(Load(target, "embed", clients, duration_s, max_requests, warmup_s))
-        batching = _batching(engines.embedder)
-    # Measured again after the service: on a shared machine the load moves, and the better raw
-    # figure makes the ratio the conservative one.
-    raw_after = _rate(encode(best_batch_size), raw_min_s)
-    best_raw = max(raw[best_batch_size], raw_after)
-
+    best = max(raw, key=lambda bs: raw[bs].total.per_s)
+    ratios = ratio_summary(service, *raw.values())
     result = {
         "clients": clients,
-        "service_texts_per_s": service["per_s"],
-        "service_p50_ms": service["p50_ms"],
-        "service_p99_ms": service["p99_ms"],
-        "service_requests": service["requests"],
-        **{f"service_{k}": v for k, v in batching.items()},
-        "raw_texts_per_s": best_raw,
-        "raw_best_batch_size": best_batch_size,
-        "raw_texts_per_s_by_batch_size": raw,
-        "raw_texts_per_s_after": raw_after,
-        "ratio": service["per_s"] / best_raw,
+        "service": service.total.summary(),
+        "service_mean_batch": mean_batch,
+        "raw_best_batch_size": best,
+        "raw_texts_per_s": raw[best].total.per_s,
+        "raw_texts_per_s_by_batch_size": {bs: series.total.per_s for bs, series in raw.items()},
+        **ratios,
         "target_ratio": 0.85,
     }
     _table(
-        f"Embed: {clients} concurrent callers x 1 short text vs raw SentenceTransformer.encode",
+        f"Embed: {clients} concurrent callers x 1 short text vs raw SentenceTransformer.encode ({rounds} rounds)",
         [
             ("", "texts/s", "p50 ms", "p99 ms", "note"),
-            (
-                "service (gRPC, micro-batched)",
-                f"{result['service_texts_per_s']:.1f}",
-                f"{service['p50_ms']:.1f}",
-                f"{service['p99_ms']:.1f}",
-                f"mean batch {batching['mean_batch']:.1f}",
-            ),
+            _row("service (gRPC, micro-batched)", service.total, f"mean batch {mean_batch:.1f}"),
             *[
-                (f"raw encode, batch {bs}", f"{rate:.1f}", "", "", "best" if bs == best_batch_size else "")
-                for bs, rate in raw.items()
+                _row(f"raw encode, batch {bs}", series.total, "best" if bs == best else "")
+                for bs, series in raw.items()
             ],
-            (f"raw encode, batch {best_batch_size}, after", f"{raw_after:.1f}", "", "", "measured again"),
-            ("ratio service / best raw", f"{result['ratio']:.2f}", "", "", "target >= 0.85"),
+            _ratio_row("ratio service / best raw", ratios, "target >= 0.85"),
         ],
     )
     return result
@@ -297,10 +345,11 @@ async def bench_retrieve(
     documents: int = 100_000,
     dimension: int = 384,
     clients: int = 64,
-    duration_s: float = 10.0,
+    rounds: int = 6,
+    service_s: float = 3.0,
+    raw_s: float = 3.0,
     warmup_s: float = 2.0,
     max_requests: int = 50_000,
-    raw_min_s: float = 3.0,
 ) -> dict[str, Any]:
     """Retrieve QPS and latency by vector and by text vs raw batched FAISS search on the same vectors."""
     import faiss
@@ -310,26 +359,16 @@ async def bench_retrieve(
     rng = np.random.default_rng(1)
     vectors = rng.normal(size=(documents, dimension)).astype(np.float32)
     vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
-
     raw_index = faiss.IndexFlatIP(dimension)
     raw_index.add(vectors)
-    queries = rng.normal(size=(clients * 8, dimension)).astype(np.float32)
+    queries = rng.normal(size=(clients, dimension)).astype(np.float32)
     queries /= np.linalg.norm(queries, axis=1, keepdims=True)
-    batch_latencies: list[float] = []
-
-    def search_batch() -> int:
-        start = (len(batch_latencies) * clients) % len(queries)
-        started = time.perf_counter()
-        raw_index.search(queries[start : start + clients], TOP_K)
-        batch_latencies.append(time.perf_counter() - started)
-        return clients
-
-    raw_vector_qps = _rate(search_batch, raw_min_s)
-    # In a batch every query waits for the whole call: that call's time is each one's latency.
-    raw_vector_latency = _percentiles(batch_latencies)
-
     model = _raw_sentence_transformer()
     texts = [short_text(i) for i in range(clients)]
+
+    def search_batch() -> int:
+        raw_index.search(queries, TOP_K)
+        return clients
 
     def encode_and_search() -> int:
         embedded = model.encode(
@@ -342,72 +381,53 @@ async def bench_retrieve(
         raw_index.search(embedded, TOP_K)
         return clients
 
-    raw_text_qps = _rate(encode_and_search, raw_min_s)
+    # In a raw batch every query waits for the whole call, so the call's time is each query's latency.
+    raw_vector, raw_text, by_vector, by_text = Series(), Series(), Series(), Series()
+    generator = LoadGenerator()
+    try:
+        async with serving() as (target, engines):
+            store = engines.vector_store
+            for start in range(0, documents, 10_000):
+                ids = range(start, min(start + 10_000, documents))
+                batch = [Document(id=f"doc-{i}", text=f"document {i}") for i in ids]
+                await store.upsert(batch, vectors[ids.start : ids.stop])
+            for n in range(rounds):
+                warm = warmup_s if n == 0 else 0.0
+                _raw_round(search_batch, raw_s, raw_vector.new_round())
+                load = Load(target, "retrieve_vector", clients, service_s, max_requests, warm, dimension, n)
+                await generator.run(load, by_vector.new_round())
+                _raw_round(encode_and_search, raw_s, raw_text.new_round())
+                load = Load(target, "retrieve_text", clients, service_s, max_requests, warm, dimension, n)
+                await generator.run(load, by_text.new_round())
+            mean_search_batch = _mean_batch(store)
+    finally:
+        generator.close()
 
-    async with serving() as (target, engines):
-        store = engines.vector_store
-        chunk = 10_000
-        for start in range(0, documents, chunk):
-            batch = [
-                Document(id=f"doc-{i}", text=f"document {i}")
-                for i in range(start, min(start + chunk, documents))
-            ]
-            await store.upsert(batch, vectors[start : start + len(batch)])
-        del vectors
-        by_vector = await measure(
-            Load(target, "retrieve_vector", clients, duration_s, max_requests, warmup_s, dimension)
-        )
-        vector_batching = _batching(store)
-        by_text = await measure(
-            Load(target, "retrieve_text", clients, duration_s, max_requests, warmup_s, dimension, seed=1)
-        )
-    # Again after the service (see bench_embed); the better raw figures count.
-    raw_vector_qps = max(raw_vector_qps, _rate(search_batch, raw_min_s))
-    raw_text_qps = max(raw_text_qps, _rate(encode_and_search, raw_min_s))
-
+    vector_ratios, text_ratios = ratio_summary(by_vector, raw_vector), ratio_summary(by_text, raw_text)
     result = {
         "documents": documents,
         "dimension": dimension,
         "clients": clients,
         "top_k": TOP_K,
-        "by_vector": {**by_vector, **{f"search_{k}": v for k, v in vector_batching.items()}},
-        "by_text": by_text,
-        "raw_vector_qps": raw_vector_qps,
-        "raw_vector_batch": clients,
-        **{f"raw_vector_{k}": v for k, v in raw_vector_latency.items()},
-        "raw_text_qps": raw_text_qps,
-        "vector_ratio": by_vector["per_s"] / raw_vector_qps,
-        "text_ratio": by_text["per_s"] / raw_text_qps,
+        "by_vector": by_vector.total.summary(),
+        "by_text": by_text.total.summary(),
+        "service_mean_search_batch": mean_search_batch,
+        "raw_vector": raw_vector.total.summary(),
+        "raw_text": raw_text.total.summary(),
+        **{f"vector_{k}": v for k, v in vector_ratios.items()},
+        **{f"text_{k}": v for k, v in text_ratios.items()},
         "target_vector_ratio": 0.8,
     }
     _table(
-        f"Retrieve: {documents:,} x {dimension} flat index, {clients} concurrent callers, top_k {TOP_K}",
+        f"Retrieve: {documents:,} x {dimension} flat index, {clients} concurrent callers, top_k {TOP_K} ({rounds} rounds)",
         [
             ("", "QPS", "p50 ms", "p99 ms", "note"),
-            (
-                "service by vector",
-                f"{by_vector['per_s']:.1f}",
-                f"{by_vector['p50_ms']:.1f}",
-                f"{by_vector['p99_ms']:.1f}",
-                f"mean search batch {vector_batching['mean_batch']:.1f}",
-            ),
-            (
-                f"raw FAISS search, {clients} per call",
-                f"{raw_vector_qps:.1f}",
-                f"{raw_vector_latency['p50_ms']:.1f}",
-                f"{raw_vector_latency['p99_ms']:.1f}",
-                "latency = one batched call",
-            ),
-            ("ratio by vector", f"{result['vector_ratio']:.2f}", "", "", "target >= 0.8"),
-            (
-                "service by text",
-                f"{by_text['per_s']:.1f}",
-                f"{by_text['p50_ms']:.1f}",
-                f"{by_text['p99_ms']:.1f}",
-                "embed + search",
-            ),
-            (f"raw encode + search, {clients} per call", f"{raw_text_qps:.1f}", "", "", ""),
-            ("ratio by text", f"{result['text_ratio']:.2f}", "", "", ""),
+            _row("service by vector", by_vector.total, f"mean search batch {mean_search_batch:.1f}"),
+            _row(f"raw FAISS search, {clients} per call", raw_vector.total, "latency = one call"),
+            _ratio_row("ratio by vector", vector_ratios, "target >= 0.8"),
+            _row("service by text", by_text.total, "embed + search"),
+            _row(f"raw encode + search, {clients} per call", raw_text.total, "latency = one call"),
+            _ratio_row("ratio by text", text_ratios, ""),
         ],
     )
     return result
@@ -417,29 +437,25 @@ async def bench_retrieve(
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
     parser.add_argument(
-        "--quick", action="store_true", help="short phases and a 20k-document index (smoke run)"
+        "--quick", action="store_true", help="two short rounds and a 20k-document index (smoke run)"
     )
     parser.add_argument("--json", help="also write the results to this file")
     args = parser.parse_args(argv)
-    phase = {"duration_s": 3.0, "warmup_s": 1.0, "raw_min_s": 1.0} if args.quick else {}
+    phases: dict[str, Any] = (
+        {"rounds": 2, "service_s": 2.0, "raw_s": 0.5, "warmup_s": 1.0} if args.quick else {}
+    )
 
     async def run() -> dict[str, Any]:
-        embed = await bench_embed(**phase)
-        retrieve = await bench_retrieve(documents=20_000 if args.quick else 100_000, **phase)
+        embed = await bench_embed(**phases)
+        retrieve = await bench_retrieve(documents=20_000 if args.quick else 100_000, **phases)
         return {"embed": embed, "retrieve": retrieve}
 
     results = asyncio.run(run())
     if args.json:
         with open(args.json, "w") as out:
-            json.dump(results, out, indent=2, default=float)
-    ratios = {"embed": results["embed"]["ratio"], "retrieve_by_vector": results["retrieve"]["vector_ratio"]}
-    print(
-        "\nratios:",
-        ", ".join(f"{k} {v:.2f}" for k, v in ratios.items()),
-        f"(median {statistics.median(ratios.values()):.2f})",
-    )
+            json.dump(results, out, indent=2)
 
 
 if __name__ == "__main__":

@@ -1,9 +1,13 @@
 """Coalesces concurrent calls into batches that one worker runs one at a time.
 
 Callers submit a few items each (texts, queries); the worker takes whole calls from a FIFO queue
-until `max_batch_size` items are gathered or the oldest call has waited `max_wait_s`, runs them as
-one batch and hands each caller its slice of the outputs. A call that arrives while a batch runs
-waits for the next one, which then leaves at once if its oldest call already waited long enough.
+until `max_batch_size` items are gathered or `max_wait_s` has passed since the worker was free (or
+since the oldest call came, if later), runs them as one batch and hands each caller its slice of
+the outputs. Calls that arrive while a batch runs wait for the next one.
+
+Waiting for company only pays under concurrency, so the worker waits only when it has seen some:
+the last batch held several calls, calls arrived while it ran, or several are queued. A lone call
+on an idle worker runs at once, adding no latency at concurrency 1.
 
 - Backpressure: at most `max_queued_items` items wait; a call that would exceed this fails at once
   with Unavailable instead of queueing unboundedly (a lone call larger than the bound is admitted
@@ -80,6 +84,9 @@ class MicroBatcher(Generic[In, Out]):
         self._arrived = asyncio.Event()
         self._worker: asyncio.Task[None] | None = None
         self._closed = False
+        # Loop time the worker last became free, and whether its last batch showed concurrency.
+        self._free_since = 0.0
+        self._expect_company = False
 
     @property
     def queued_items(self) -> int:
@@ -127,18 +134,23 @@ class MicroBatcher(Generic[In, Out]):
     # --- the worker
 
     async def _work(self) -> None:
+        loop = asyncio.get_running_loop()
         while True:
             await self._gather()
             calls = self._take_batch()
             if calls:
                 await self._run(calls)
+                self._expect_company = len(calls) > 1 or bool(self._queue)
+                self._free_since = loop.time()
 
     async def _gather(self) -> None:
-        """Returns when a batch is full or the oldest waiting call has waited max_wait_s."""
+        """Returns when a batch should start: it is full, or waiting for more has lasted max_wait_s."""
         while not self._queue:
             self._arrived.clear()
             await self._arrived.wait()
-        deadline = self._queue[0].enqueued_at + self._max_wait_s
+        if len(self._queue) == 1 and not self._expect_company:
+            return
+        deadline = max(self._queue[0].enqueued_at, self._free_since) + self._max_wait_s
         try:
             async with asyncio.timeout_at(deadline):
                 while self._queue and self._queued_items < self._max_batch_size:

@@ -105,11 +105,10 @@ async def test_a_caller_cancelled_during_its_batch_does_not_fail_the_others(raw_
 
 
 async def test_a_full_queue_answers_at_once(raw_embedder: Embedder) -> None:
-    # A long max_wait keeps the first call queued, so the queue stays full while the second arrives.
-    async with BatchingEmbedder(
-        raw_embedder, max_batch_size=64, max_wait_s=30, max_queued_texts=4
-    ) as batching:
-        waiting = asyncio.create_task(batching.embed(TEXTS[:4]))
+    async with BatchingEmbedder(raw_embedder, max_batch_size=64, max_wait_s=30, max_queued_texts=4) as batching:
+        # Two calls in one tick look like concurrency, so the worker holds them for company (30 s),
+        # and the queue stays full while a third call arrives.
+        waiting = [asyncio.create_task(batching.embed(TEXTS[:2])), asyncio.create_task(batching.embed(TEXTS[2:4]))]
         await _until(lambda: batching.queued_texts == 4)
         loop = asyncio.get_running_loop()
         started = loop.time()
@@ -118,8 +117,17 @@ async def test_a_full_queue_answers_at_once(raw_embedder: Embedder) -> None:
         assert loop.time() - started < 0.1
         assert batching.stats.rejected_calls == 1
     # Leaving the batcher fails what still waits, rather than leaving it hanging.
-    with pytest.raises(Unavailable, match="shutting down"):
-        await waiting
+    for task in waiting:
+        with pytest.raises(Unavailable, match="shutting down"):
+            await task
+
+
+async def test_a_lone_call_on_an_idle_batcher_does_not_wait_for_company(raw_embedder: Embedder) -> None:
+    async with BatchingEmbedder(raw_embedder, max_batch_size=64, max_wait_s=30, max_queued_texts=100) as batching:
+        for text in TEXTS[:3]:  # one after another: concurrency 1
+            result = await asyncio.wait_for(batching.embed([text]), timeout=10)
+            assert result.vectors.shape == (1, 384)
+        assert batching.stats.batches == 3
 
 
 @pytest.fixture
