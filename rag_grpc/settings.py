@@ -139,7 +139,7 @@ class Settings(BaseSettings):
         3600, ge=0, description="Seconds a deterministic Generate answer stays cached; 0 disables this cache."
     )
     cache_embedding_max_entries: int = Field(
-        50_000, ge=1, description="Embeddings the memory cache keeps (least recently used go first); Redis uses TTLs."
+        20_000, ge=1, description="Embeddings the memory cache keeps (least recently used go first); Redis uses TTLs."
     )
     cache_retrieval_max_entries: int = Field(10_000, ge=1, description="Retrieval results the memory cache keeps.")
     cache_generation_max_entries: int = Field(2_000, ge=1, description="Generate answers the memory cache keeps.")

@@ -42,6 +42,8 @@ class BatchingEmbedder:
 
     def __getattr__(self, name: str) -> object:
         # Members beyond the protocol (added by other engines later) pass through to the wrapped engine.
+        if name == "inner":  # not set yet (copying, unpickling): no recursion
+            raise AttributeError(name)
         return getattr(self.inner, name)
 
     @property
@@ -107,6 +109,8 @@ class BatchingVectorStore:
 
     def __getattr__(self, name: str) -> object:
         # Members beyond the protocol (persistence, say) pass through to the wrapped store.
+        if name == "inner":  # not set yet (copying, unpickling): no recursion
+            raise AttributeError(name)
         return getattr(self.inner, name)
 
     @property
