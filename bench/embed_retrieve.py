@@ -99,13 +99,12 @@ class Series:
 
 
 def ratio_summary(service: Series, *raws: Series) -> dict[str, Any]:
-    """Service over best raw rate, two ways: of the totals, and the median of each round's ratio
-    (robust to a neighbour's load spike that hits one phase of one round)."""
-    per_round = [
-        tally.per_s / max(raw.rounds[n].per_s for raw in raws) for n, tally in enumerate(service.rounds)
-    ]
+    """Service over the best raw series (by totals), two ways: of the totals, and the median of each
+    round's ratio (robust to a neighbour's load spike that hits one phase of one round)."""
+    best = max(raws, key=lambda raw: raw.total.per_s)
+    per_round = [tally.per_s / best.rounds[n].per_s for n, tally in enumerate(service.rounds)]
     return {
-        "ratio": service.total.per_s / max(raw.total.per_s for raw in raws),
+        "ratio": service.total.per_s / best.total.per_s,
         "ratio_median_of_rounds": statistics.median(per_round),
         "ratio_by_round": per_round,
     }
