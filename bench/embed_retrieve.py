@@ -60,22 +60,31 @@ def _percentiles(latencies_s: list[float]) -> dict[str, float]:
 
 @dataclass
 class Tally:
-    """Items, seconds and per-item latencies of one phase."""
+    """Items, seconds, per-item latencies and CPU time of one phase.
+
+    CPU seconds per item are steadier than rates on a machine shared with other work: they show
+    the service's overhead over the raw engine even when neighbours take cores away.
+    """
 
     items: int = 0
     seconds: float = 0.0
     latencies_s: list[float] = field(default_factory=list)
+    cpu_s: float = 0.0  # this process (the server, or the raw engine)
+    client_cpu_s: float = 0.0  # the load generator's process
 
     @property
     def per_s(self) -> float:
         return self.items / self.seconds if self.seconds else 0.0
 
     def summary(self) -> dict[str, float]:
+        per_item = 1000.0 / max(self.items, 1)
         return {
             "per_s": self.per_s,
             "items": self.items,
             "seconds": self.seconds,
             **_percentiles(self.latencies_s),
+            "cpu_ms_per_item": self.cpu_s * per_item,
+            "client_cpu_ms_per_item": self.client_cpu_s * per_item,
         }
 
 
@@ -95,6 +104,8 @@ class Series:
             items=sum(t.items for t in self.rounds),
             seconds=sum(t.seconds for t in self.rounds),
             latencies_s=[x for t in self.rounds for x in t.latencies_s],
+            cpu_s=sum(t.cpu_s for t in self.rounds),
+            client_cpu_s=sum(t.client_cpu_s for t in self.rounds),
         )
 
 
@@ -125,9 +136,11 @@ class Load:
     seed: int = 0
 
 
-def run_load(load: Load) -> tuple[int, float, list[float]]:
-    """(requests, seconds, latencies) of one round; runs in the child process."""
-    return asyncio.run(_run_load(load))
+def run_load(load: Load) -> tuple[int, float, list[float], float]:
+    """(requests, seconds, latencies, CPU seconds) of one round; runs in the child process."""
+    cpu_started = time.process_time()
+    requests, seconds, latencies = asyncio.run(_run_load(load))
+    return requests, seconds, latencies, time.process_time() - cpu_started
 
 
 async def _run_load(load: Load) -> tuple[int, float, list[float]]:
@@ -183,9 +196,12 @@ class LoadGenerator:
         self._pool = ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn"))
 
     async def run(self, load: Load, into: Tally) -> None:
-        requests, seconds, latencies = await asyncio.get_running_loop().run_in_executor(
+        cpu_started = time.process_time()
+        requests, seconds, latencies, client_cpu = await asyncio.get_running_loop().run_in_executor(
             self._pool, run_load, load
         )
+        into.cpu_s += time.process_time() - cpu_started
+        into.client_cpu_s += client_cpu
         into.items += requests
         into.seconds += seconds
         into.latencies_s.extend(latencies)
@@ -196,12 +212,13 @@ class LoadGenerator:
 
 def _raw_round(work: Callable[[], int], seconds: float, into: Tally) -> None:
     """Repeats `work` (which returns how many items it did) for about `seconds`."""
-    started = time.perf_counter()
+    started, cpu_started = time.perf_counter(), time.process_time()
     while time.perf_counter() - started < seconds:
         call_started = time.perf_counter()
         into.items += work()
         into.latencies_s.append(time.perf_counter() - call_started)
     into.seconds += time.perf_counter() - started
+    into.cpu_s += time.process_time() - cpu_started
 
 
 # ------------------------------------------------------------------ the service under test
@@ -255,13 +272,16 @@ def _table(title: str, rows: list[tuple[str, ...]]) -> None:
 
 
 def _row(name: str, tally: Tally, note: str = "") -> tuple[str, ...]:
-    p = _percentiles(tally.latencies_s)
-    return (name, f"{tally.per_s:.1f}", f"{p['p50_ms']:.1f}", f"{p['p99_ms']:.1f}", note)
+    s = tally.summary()
+    cpu = f"{s['cpu_ms_per_item']:.2f}"
+    if tally.client_cpu_s:
+        cpu += f" + {s['client_cpu_ms_per_item']:.2f}"
+    return (name, f"{s['per_s']:.1f}", f"{s['p50_ms']:.1f}", f"{s['p99_ms']:.1f}", cpu, note)
 
 
 def _ratio_row(name: str, ratios: dict[str, Any], note: str) -> tuple[str, ...]:
     median = f"median of rounds {ratios['ratio_median_of_rounds']:.2f}"
-    return (name, f"{ratios['ratio']:.2f}", "", "", f"{median}; {note}" if note else median)
+    return (name, f"{ratios['ratio']:.2f}", "", "", "", f"{median}; {note}" if note else median)
 
 
 # ------------------------------------------------------------------ Embed
@@ -325,7 +345,7 @@ async def bench_embed(
     _table(
         f"Embed: {clients} concurrent callers x 1 short text vs raw SentenceTransformer.encode ({rounds} rounds)",
         [
-            ("", "texts/s", "p50 ms", "p99 ms", "note"),
+            ("", "texts/s", "p50 ms", "p99 ms", "CPU ms/text", "note"),
             _row("service (gRPC, micro-batched)", service.total, f"mean batch {mean_batch:.1f}"),
             *[
                 _row(f"raw encode, batch {bs}", series.total, "best" if bs == best else "")
@@ -420,7 +440,7 @@ async def bench_retrieve(
     _table(
         f"Retrieve: {documents:,} x {dimension} flat index, {clients} concurrent callers, top_k {TOP_K} ({rounds} rounds)",
         [
-            ("", "QPS", "p50 ms", "p99 ms", "note"),
+            ("", "QPS", "p50 ms", "p99 ms", "CPU ms/query", "note"),
             _row("service by vector", by_vector.total, f"mean search batch {mean_search_batch:.1f}"),
             _row(f"raw FAISS search, {clients} per call", raw_vector.total, "latency = one call"),
             _ratio_row("ratio by vector", vector_ratios, "target >= 0.8"),

@@ -113,26 +113,29 @@ class RagService:
         store = self.engines.vector_store
         text, query, top_k = self._validate.retrieve(request, store.dimension)
         filter_, min_score = dict(request.filter), request.min_score
-        subject = (
-            entries.vector_query(query.vector)
-            if query is not None
-            else entries.text_query(self.engines.embedder.info.model, text or "")
-        )
+        use_cache = self.cache.enabled(CacheKind.RETRIEVAL)
+        if use_cache:
+            subject = (
+                entries.vector_query(query.vector)
+                if query is not None
+                else entries.text_query(self.engines.embedder.info.model, text or "")
+            )
 
-        def cache_key(index_version: int) -> str:
-            return entries.retrieval_key(self._index_state(index_version), subject, top_k, filter_, min_score)
+            def cache_key(index_version: int) -> str:
+                return entries.retrieval_key(self._index_state(index_version), subject, top_k, filter_, min_score)
 
-        cached = await self.cache.get(CacheKind.RETRIEVAL, cache_key(store.version))
-        if cached is not None:
-            return entries.decode_search_result(cached)
+            cached = await self.cache.get(CacheKind.RETRIEVAL, cache_key(store.version))
+            if cached is not None:
+                return entries.decode_search_result(cached)
         if query is None:
             assert text is not None
             vector = (await self._embed_queries([text]))[0].vectors[0]
             query = SearchQuery(vector=vector, top_k=top_k, filter=filter_, min_score=min_score)
         (result,) = await store.search([query])
-        # Stored under the version that answered, so a write since the lookup is never hidden.
-        encoded = entries.encode_search_result(result)
-        await self.cache.set(CacheKind.RETRIEVAL, cache_key(result.index_version), encoded)
+        if use_cache:
+            # Stored under the version that answered, so a write since the lookup is never hidden.
+            encoded = entries.encode_search_result(result)
+            await self.cache.set(CacheKind.RETRIEVAL, cache_key(result.index_version), encoded)
         return result
 
     # --- documents
