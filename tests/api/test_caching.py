@@ -6,6 +6,7 @@ start their own server over the same engines, with a fresh key namespace each.
 
 from __future__ import annotations
 
+import dataclasses
 import uuid
 from collections.abc import AsyncIterator
 
@@ -15,6 +16,7 @@ import pytest
 from pydantic import SecretStr
 
 from rag_grpc.api.server import RagServer
+from rag_grpc.domain import Document, FinalEvent, GenerateInput, RetrievalInput, SamplingInput, SourcesEvent
 from rag_grpc.engines import Engines
 from rag_grpc.service import RagService
 from rag_grpc.service.cache import CacheKind, CacheStats, open_result_cache
@@ -144,24 +146,23 @@ async def test_retrieve_by_vector_is_cached_by_the_normalized_vector(
     assert not (await stubs.retrieve.Retrieve(request)).cached
 
 
-def _shape(messages: list[pb.GenerateResponse]) -> list[object]:
-    """Everything but the final's request id and timings, which belong to each run."""
-    shape: list[object] = []
-    for message in messages:
-        if message.HasField("final"):
-            final = message.final
-            shape.append(
-                (
-                    "final",
-                    final.finish_reason,
-                    final.usage.prompt_tokens,
-                    final.usage.completion_tokens,
-                    final.model,
-                )
-            )
-        else:
-            shape.append(message)
-    return shape
+def _content(messages: list[pb.GenerateResponse]) -> tuple[object, ...]:
+    """What a stream says, less the request id and timings, which belong to each run.
+
+    Deltas are joined: the server coalesces them by how fast the client reads, so a replay, produced
+    at once, may travel in fewer messages than the original. The service-level test below shows the
+    replayed events themselves are the original's, one for one.
+    """
+    kinds = [m.WhichOneof("event") for m in messages]
+    assert kinds[-1] == "final" and "final" not in kinds[:-1]
+    assert set(kinds[:-1]) <= {"sources", "delta"} and "sources" not in kinds[1:]
+    final = messages[-1].final
+    return (
+        [m.sources for m in messages if m.HasField("sources")],
+        "".join(m.delta.text for m in messages if m.HasField("delta")),
+        sum(m.delta.token_count for m in messages if m.HasField("delta")),
+        (final.finish_reason, final.usage.prompt_tokens, final.usage.completion_tokens, final.model),
+    )
 
 
 async def test_a_replayed_greedy_answer_has_the_same_messages(cached: CachedServer) -> None:
@@ -173,8 +174,8 @@ async def test_a_replayed_greedy_answer_has_the_same_messages(cached: CachedServ
     replay = await collect(cached.stubs.generate.Generate(request))
 
     assert not original[-1].final.cached and replay[-1].final.cached
-    assert _shape(replay) == _shape(original)
-    assert len([m for m in original if m.HasField("delta")]) > 1
+    assert _content(replay) == _content(original)
+    assert _content(original)[1]  # some text
     timings = replay[-1].final.timings
     assert 0 < timings.time_to_first_token_ms <= timings.total_ms
     assert replay[-1].final.request_id and replay[-1].final.request_id != original[-1].final.request_id
@@ -192,7 +193,7 @@ async def test_sampled_answers_are_cached_only_with_a_seed(cached: CachedServer)
     )
     original = await collect(cached.stubs.generate.Generate(seeded))
     replay = await collect(cached.stubs.generate.Generate(seeded))
-    assert replay[-1].final.cached and _shape(replay) == _shape(original)
+    assert replay[-1].final.cached and _content(replay) == _content(original)
     seeded.sampling.seed = 8
     assert not (await collect(cached.stubs.generate.Generate(seeded)))[-1].final.cached
 
@@ -216,7 +217,7 @@ async def test_a_grounded_answer_is_replayed_with_its_sources_until_the_index_ch
     original = await collect(stubs.generate.Generate(request))
     replay = await collect(stubs.generate.Generate(request))
     assert original[0].HasField("sources") and replay[-1].final.cached
-    assert _shape(replay) == _shape(original)
+    assert _content(replay) == _content(original)
     assert replay[-1].final.timings.retrieval_ms > 0
 
     await stubs.documents.Upsert(
@@ -242,3 +243,38 @@ async def test_a_cancelled_stream_is_not_cached(cached: CachedServer) -> None:
     second.cancel()
     assert first_message.HasField("delta")
     assert cached.stats.hits[CacheKind.GENERATION] == 0
+
+
+async def test_replayed_events_are_the_original_events_one_for_one(
+    engines: Engines, settings: Settings, isolated_tag: str
+) -> None:
+    """Below the transport (which may coalesce deltas), a replay is the original stream, event for event."""
+    cache_settings = settings.model_copy(update={"cache_backend": "memory"})
+    async with open_result_cache(cache_settings) as cache:
+        service = RagService(engines, cache_settings, cache)
+        await service.upsert(
+            [Document(id=f"{isolated_tag}-fact", text="Otters hold hands.", metadata={"test": isolated_tag})]
+        )
+        request = GenerateInput(
+            prompt="What do otters hold?",
+            messages=[],
+            sampling=SamplingInput(max_tokens=10, temperature=0.0),
+            retrieval=RetrievalInput(top_k=1, filter={"test": isolated_tag}, min_score=None),
+            model="",
+        )
+        original = [event async for event in service.generate(request)]
+        replay = [event async for event in service.generate(request)]
+
+    assert isinstance(original[0], SourcesEvent) and len(original) > 3
+    assert replay[:-1] == original[:-1]
+    first, again = original[-1], replay[-1]
+    assert isinstance(first, FinalEvent) and isinstance(again, FinalEvent)
+    assert (first.cached, again.cached) == (False, True)
+    per_run = {
+        "retrieval_ms": 0.0,
+        "time_to_first_token_ms": 0.0,
+        "total_ms": 0.0,
+        "request_id": "",
+        "cached": False,
+    }
+    assert dataclasses.replace(again, **per_run) == dataclasses.replace(first, **per_run)
