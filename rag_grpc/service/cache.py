@@ -75,6 +75,8 @@ class BoundedMemoryCache(SimpleMemoryCache):
 
 
 class ResultCache:
+    """Get and set encoded results by kind; a kind without a backend is off and always misses."""
+
     def __init__(
         self,
         backends: dict[CacheKind, BaseCache],
