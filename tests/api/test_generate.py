@@ -3,6 +3,9 @@ from __future__ import annotations
 import asyncio
 import time
 
+import grpc
+import pytest
+
 from rag_grpc.engines import Engines
 from rag_grpc.v1 import rag_pb2 as pb
 from tests.conftest import Stubs
@@ -112,23 +115,23 @@ async def test_cancelling_mid_stream_aborts_the_engine_request(stubs: Stubs, eng
     while generator.num_running_requests() and time.perf_counter() - cancelled_at < 5:
         await asyncio.sleep(0.01)
     assert generator.num_running_requests() == 0
-    # 400 tokens take many seconds; an aborted request frees the engine within a decode step or two.
-    assert time.perf_counter() - cancelled_at < 1.0
+    # 400 tokens take 20 s or more here; an aborted request frees the engine within a decode step or two
+    # (the bound is loose because the CI machine may be busy).
+    assert time.perf_counter() - cancelled_at < 5.0
 
 
 async def test_deadline_mid_stream_aborts_the_engine_request(stubs: Stubs, engines: Engines) -> None:
     generator = engines.generators[engines.default_generator]
     call = stubs.generate.Generate(
-        pb.GenerateRequest(prompt=STORY, sampling=pb.SamplingParams(max_tokens=400)), timeout=1.0
+        pb.GenerateRequest(prompt=STORY, sampling=pb.SamplingParams(max_tokens=400)), timeout=2.0
     )
     received = []
-    try:
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
         async for message in call:
             received.append(message)
-    except Exception as exc:  # noqa: BLE001 - the status is checked below
-        assert "DEADLINE_EXCEEDED" in str(exc.code())  # type: ignore[attr-defined]
-    assert received and not received[-1].HasField("final")
-    deadline = time.perf_counter() + 3
+    assert caught.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+    assert not any(m.HasField("final") for m in received)
+    deadline = time.perf_counter() + 5
     while generator.num_running_requests() and time.perf_counter() < deadline:
         await asyncio.sleep(0.01)
     assert generator.num_running_requests() == 0
