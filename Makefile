@@ -40,6 +40,7 @@ proto: $(BIN)/python
 	$(BIN)/python setup.py -q generate_stubs
 
 bench: install
+	$(BIN)/pip install -q -e '.[bench]'
 	$(BIN)/python -m bench.run
 
 clean:
