@@ -39,9 +39,11 @@ smoke: install
 proto: $(BIN)/python
 	$(BIN)/python setup.py -q generate_stubs
 
+# Every server in the run (ours in-process, the peers as children) gets the same OpenMP policy:
+# active spin-waiting starves the other threads on a shared 2-core machine.
 bench: install
 	$(BIN)/pip install -q -e '.[bench]'
-	$(BIN)/python -m bench.run
+	OMP_WAIT_POLICY=PASSIVE $(BIN)/python -m bench.run
 
 clean:
 	rm -rf $(VENV) build *.egg-info rag_grpc/v1/*_pb2*.py*

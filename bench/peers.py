@@ -9,7 +9,8 @@ Each peer runs on a free loopback port in its own process group, is waited on wi
 always stopped. Its environment lives under bench/.venv-<peer> (gitignored) and is installed from PyPI on
 first use; later runs find it in place and skip the install. The peers never reach a model hub.
 
-    python -m bench.peers --quick        # a small table; --setup-only just builds the environments
+    OMP_WAIT_POLICY=PASSIVE python -m bench.peers --quick   # a small table
+    python -m bench.peers --setup-only                      # just build the environments
 """
 
 from __future__ import annotations
@@ -115,13 +116,20 @@ def free_loopback_port() -> int:
         return int(sock.getsockname()[1])
 
 
+# The threading runtime's settings reach the peers as they reach our server in the bench process: with
+# OpenMP's default active waiting, spinning workers starve the other threads on a busy 2-core machine
+# (transformers serve fell from ~19 to ~1 token/s here), so `make bench` sets OMP_WAIT_POLICY=PASSIVE.
+_THREADING_PREFIXES = ("OMP_", "GOMP_", "KMP_", "MKL_")
+
+
 def _peer_environment(venv: Path, torch_threads: int, **extra: str) -> dict[str, str]:
     """A small, explicit environment: offline, no telemetry, only the peer's venv on PATH.
 
     torch_threads has the meaning of our Settings.torch_threads (0 keeps torch's default), so a peer can
     be given the same intra-op threads as our server.
     """
-    env = {
+    env = {name: value for name, value in os.environ.items() if name.startswith(_THREADING_PREFIXES)}
+    env |= {
         "PATH": f"{venv / 'bin'}:/usr/local/bin:/usr/bin:/bin",
         "HOME": os.environ.get("HOME", "/tmp"),
         "LANG": "C.UTF-8",
@@ -252,10 +260,14 @@ async def infinity_embed(
     warmup_s: float = 3.0,
     text_for: Callable[[int], str] = _short_text,
     torch_threads: int = 0,
+    batch_size: int = 32,
 ) -> dict[str, Any]:
-    """Texts/s and latency of infinity-emb under `concurrency` closed-loop clients, one text per request."""
+    """Texts/s and latency of infinity-emb under `concurrency` closed-loop clients, one text per request.
+
+    batch_size is infinity's largest model batch (its default is 32).
+    """
     async with (
-        infinity_server(torch_threads=torch_threads) as base_url,
+        infinity_server(batch_size=batch_size, torch_threads=torch_threads) as base_url,
         _http_session(concurrency, timeout_s=60) as session,
     ):
         url = f"{base_url}/embeddings"
