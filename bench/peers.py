@@ -33,6 +33,7 @@ from typing import Any
 
 import aiohttp
 
+from bench.embed_retrieve import short_text  # the texts our own Embed bench sends
 from bench.load import LoadResult, Sample, run_load
 
 BENCH_DIR = Path(__file__).resolve().parent
@@ -160,7 +161,7 @@ async def _stop_group(process: asyncio.subprocess.Process, grace_s: float = 10.0
             break  # nobody left in the group
         try:
             await asyncio.wait_for(process.wait(), grace_s)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             pass
     await process.wait()
 
@@ -200,7 +201,7 @@ async def _wait_ready(
                 async with session.get(url) as response:
                     if response.status == 200:
                         return
-            except (aiohttp.ClientError, asyncio.TimeoutError):
+            except (TimeoutError, aiohttp.ClientError):
                 pass
             await asyncio.sleep(0.5)
     raise TimeoutError(f"{name} not ready after {timeout_s:.0f} s:\n{_log_tail(log_path)}")
@@ -215,10 +216,6 @@ def _http_session(concurrency: int, timeout_s: float) -> aiohttp.ClientSession:
 
 
 # ------------------------------------------------------------------ infinity-emb
-
-
-def _short_text(i: int) -> str:
-    return f"where is the lighthouse number {i}?"
 
 
 @asynccontextmanager
@@ -258,7 +255,7 @@ async def infinity_embed(
     max_requests: int = 20_000,
     *,
     warmup_s: float = 3.0,
-    text_for: Callable[[int], str] = _short_text,
+    text_for: Callable[[int], str] = short_text,
     torch_threads: int = 0,
     batch_size: int = 32,
 ) -> dict[str, Any]:

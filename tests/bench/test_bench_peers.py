@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import sys
 import textwrap
+import time
 from pathlib import Path
 
 import pytest
-
-pytest.importorskip("aiohttp", reason="the bench's HTTP client: pip install -e '.[bench]'")
 
 from bench.peers import free_loopback_port, running_server
 
@@ -43,6 +43,16 @@ def _alive(pid: int) -> bool:
     return stat.exists() and stat.read_text().split()[2] != "Z"
 
 
+async def _gone(pid: int, within_s: float = 10.0) -> bool:
+    """Whether pid is dead within within_s: a signalled process takes a moment to exit."""
+    deadline = time.monotonic() + within_s
+    while _alive(pid):
+        if time.monotonic() > deadline:
+            return False
+        await asyncio.sleep(0.05)
+    return True
+
+
 def _grandchild(log: Path) -> int:
     for line in log.read_text().splitlines():
         if line.startswith("grandchild"):
@@ -58,7 +68,7 @@ async def test_server_is_ready_then_its_process_group_is_stopped(tmp_path: Path)
     ):
         grandchild = _grandchild(tmp_path / "fake.log")
         assert _alive(grandchild)
-    assert not _alive(grandchild)
+    assert await _gone(grandchild)
 
 
 async def test_server_is_stopped_when_the_measurement_fails(tmp_path: Path) -> None:
@@ -70,7 +80,7 @@ async def test_server_is_stopped_when_the_measurement_fails(tmp_path: Path) -> N
         ):
             grandchild = _grandchild(tmp_path / "fake.log")
             raise RuntimeError("measurement failed")
-    assert not _alive(grandchild)
+    assert await _gone(grandchild)
 
 
 async def test_a_server_that_exits_is_reported_with_its_log(tmp_path: Path) -> None:
@@ -91,4 +101,4 @@ async def test_a_server_never_ready_times_out_and_is_stopped(tmp_path: Path) -> 
         ):
             pass
     pid = int((tmp_path / "silent.log").read_text().split()[1])
-    assert not _alive(pid)
+    assert await _gone(pid)
