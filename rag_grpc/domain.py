@@ -93,6 +93,26 @@ class GenerationChunk:
 
 
 @dataclass(frozen=True, slots=True)
+class StoreState:
+    """Everything a vector store holds at one version: what a snapshot saves and a restart restores."""
+
+    documents: list[Document]
+    # One row per document, in the same order.
+    vectors: FloatMatrix
+    version: int
+
+
+@dataclass(frozen=True, slots=True)
+class SnapshotInfo:
+    index_version: int
+    documents: int
+    bytes: int
+    duration_ms: float
+    # False when the newest snapshot already held this version, so nothing new was written.
+    written: bool
+
+
+@dataclass(frozen=True, slots=True)
 class EngineInfo:
     backend: str
     model: str

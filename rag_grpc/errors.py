@@ -23,6 +23,14 @@ class InvalidArgument(RagError):
 class NotFound(RagError):
     """A document id or model the request names does not exist."""
 
+    @classmethod
+    def unknown_ids(cls, missing: list[str]) -> NotFound:
+        return cls(f"ids: unknown document ids {missing[:5]}")
+
+
+class FailedPrecondition(RagError):
+    """The server is not in a state where this call can work (e.g. a snapshot without a data directory)."""
+
 
 class ResourceExhausted(RagError):
     """The caller is over a quota; `retry_after_s` says when to try again."""

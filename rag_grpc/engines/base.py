@@ -10,7 +10,18 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Mapping, Sequence
 from typing import Protocol, Self, runtime_checkable
 
-from rag_grpc.domain import Document, EmbeddingBatch, EngineInfo, GenerationChunk, GenerationRequest, SearchQuery, SearchResult, FloatMatrix
+from rag_grpc.domain import (
+    Document,
+    EmbeddingBatch,
+    EngineInfo,
+    FloatMatrix,
+    GenerationChunk,
+    GenerationRequest,
+    SearchQuery,
+    SearchResult,
+    SnapshotInfo,
+    StoreState,
+)
 
 
 @runtime_checkable
@@ -70,6 +81,32 @@ class VectorStore(Protocol):
     async def __aenter__(self) -> Self: ...
 
     async def __aexit__(self, *exc_info: object) -> None: ...
+
+
+@runtime_checkable
+class PersistableVectorStore(VectorStore, Protocol):
+    """A store whose contents can be copied out and put back: what durability (rag_grpc.storage) wraps.
+
+    Every successful upsert or delete raises `version` by exactly one, so a write-ahead log can name
+    the version each write produces before the write is applied.
+    """
+
+    async def export_state(self) -> StoreState:
+        """A consistent copy of every document and vector, and the version they are at."""
+        ...
+
+    async def restore_state(self, state: StoreState) -> None:
+        """Replaces everything the store holds with `state`, version included."""
+        ...
+
+
+@runtime_checkable
+class Snapshotter(Protocol):
+    """A store that can persist itself on request (see rag_grpc.storage.DurableVectorStore)."""
+
+    async def snapshot(self) -> SnapshotInfo:
+        """Writes a snapshot of the current version and drops the log it covers."""
+        ...
 
 
 @runtime_checkable

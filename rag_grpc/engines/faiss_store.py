@@ -7,7 +7,8 @@ both without locks and keeps the event loop free.
 
 On a GPU the CPU index stays the master copy: FAISS GPU indexes cannot remove ids and ignore
 ID selectors, so deletes go to the master and mark the GPU replica stale (it is re-cloned before
-the next search), and filtered searches over-fetch on the GPU and filter afterwards.
+the next search), and filtered searches over-fetch on the GPU and filter afterwards. Snapshots
+read the master too (`export_state`): GPU indexes can be neither read back nor serialized.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from typing import Any, Self
 import faiss
 import numpy as np
 
-from rag_grpc.domain import Document, EngineInfo, FloatMatrix, Hit, SearchQuery, SearchResult
+from rag_grpc.domain import Document, EngineInfo, FloatMatrix, Hit, SearchQuery, SearchResult, StoreState
 from rag_grpc.errors import InvalidArgument, NotFound
 
 # How many candidates a filtered GPU search fetches per hit wanted, before filtering on the host.
@@ -92,6 +93,16 @@ class FaissVectorStore:
     async def get(self, ids: Sequence[str]) -> Mapping[str, Document]:
         return await self._run(self._get, list(ids))
 
+    async def export_state(self) -> StoreState:
+        return await self._run(self._export)
+
+    async def restore_state(self, state: StoreState) -> None:
+        if state.vectors.shape != (len(state.documents), self._dimension):
+            raise ValueError(
+                f"stored vectors have shape {state.vectors.shape}, this index needs ({len(state.documents)}, {self._dimension})"
+            )
+        await self._run(self._restore, state)
+
     async def _run(self, fn: Any, *args: Any) -> Any:
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._executor, fn, *args)
@@ -122,7 +133,7 @@ class FaissVectorStore:
     def _delete(self, ids: list[str]) -> int:
         missing = [i for i in ids if i not in self._internal_ids]
         if missing:
-            raise NotFound(f"ids: unknown document ids {missing[:5]}")
+            raise NotFound.unknown_ids(missing)
         self._remove_internal([self._internal_ids[i] for i in ids])
         self._version += 1
         return self._version
@@ -138,6 +149,25 @@ class FaissVectorStore:
                 posting.discard(internal_id)
                 if not posting:
                     del self._postings[pair]
+
+    def _export(self) -> StoreState:
+        # The CPU master always holds every vector (GPU indexes cannot be read back or serialized).
+        internal_ids = faiss.vector_to_array(self._master.id_map)
+        count = self._master.ntotal
+        vectors = self._master.index.reconstruct_n(0, count) if count else np.empty((0, self._dimension), np.float32)
+        documents = [self._documents[i] for i in internal_ids.tolist()]
+        return StoreState(documents=documents, vectors=vectors, version=self._version)
+
+    def _restore(self, state: StoreState) -> None:
+        self._master.reset()
+        self._documents.clear()
+        self._internal_ids.clear()
+        self._postings.clear()
+        self._next_internal_id = 0
+        self._replica_stale = self._replica is not None  # re-cloned from the master before the next search
+        if state.documents:
+            self._upsert(list(state.documents), np.ascontiguousarray(state.vectors, dtype=np.float32))
+        self._version = state.version
 
     def _get(self, ids: list[str]) -> dict[str, Document]:
         return {i: self._documents[self._internal_ids[i]] for i in ids if i in self._internal_ids}
