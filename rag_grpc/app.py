@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import signal
 from collections.abc import Sequence
+from pathlib import Path
 
 import grpc
 import structlog
@@ -30,6 +32,13 @@ async def load_demo_corpus(service: RagService) -> None:
     log.info("demo_corpus_loaded", documents=result.count, index_version=result.index_version)
 
 
+def write_port_file(path: Path, port: int) -> None:
+    """Renamed into place, so a reader never sees a half-written number."""
+    staging = path.with_name(path.name + ".tmp")
+    staging.write_text(f"{port}\n")
+    os.replace(staging, path)
+
+
 async def serve(settings: Settings) -> None:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -40,12 +49,15 @@ async def serve(settings: Settings) -> None:
         if settings.demo_corpus:
             await load_demo_corpus(service)
         server = RagServer(settings, service, build_interceptors(settings))
-        await server.start()
+        port = await server.start()
+        if settings.port_file is not None:
+            write_port_file(settings.port_file, port)
         await stop.wait()
         log.info("shutting_down", grace_s=settings.shutdown_grace_s)
         # A second signal skips the grace period.
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, lambda: asyncio.ensure_future(server.stop(0)))
         await server.stop(settings.shutdown_grace_s)
-    # Leaving open_engines shut the engines (and the cache) down, after the server stopped taking calls.
+    # Leaving open_engines shut the engines (and the cache) down, after the server stopped taking calls;
+    # a durable vector store writes its final snapshot there.
     log.info("shutdown_complete")

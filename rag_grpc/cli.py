@@ -1,5 +1,5 @@
-"""`rag-grpc serve` and `rag-grpc ingest`. Serve options are generated from Settings, so the CLI
-can only override settings, never add meaning of its own."""
+"""`rag-grpc serve`, `rag-grpc ingest` and `rag-grpc snapshot`. Serve options are generated from
+Settings, so the CLI can only override settings, never add meaning of its own."""
 
 from __future__ import annotations
 
@@ -67,6 +67,28 @@ async def _ingest(target: str, paths: list[Path], batch_size: int, chunk_chars: 
     return 0
 
 
+async def _snapshot(target: str) -> int:
+    import grpc
+
+    from rag_grpc.v1 import rag_pb2 as pb
+    from rag_grpc.v1 import rag_pb2_grpc as pb_grpc
+
+    async with grpc.aio.insecure_channel(target) as channel:
+        try:
+            response = await pb_grpc.AdminServiceStub(channel).Snapshot(pb.SnapshotRequest())
+        except grpc.aio.AioRpcError as err:
+            print(f"snapshot failed: {err.code().name}: {err.details()}", file=sys.stderr)
+            return 1
+    if not response.written:
+        print(f"snapshot already current at index version {response.index_version} ({response.documents} documents)")
+    else:
+        print(
+            f"snapshot written: index version {response.index_version}, {response.documents} documents, "
+            f"{response.bytes} bytes in {response.duration_ms:.0f} ms"
+        )
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="rag-grpc", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -77,6 +99,8 @@ def main(argv: list[str] | None = None) -> int:
     ingest.add_argument("--target", default="127.0.0.1:50051", help="server address")
     ingest.add_argument("--batch-size", type=int, default=64, help="documents per Ingest message")
     ingest.add_argument("--chunk-chars", type=int, default=1000, help="longest chunk cut from a text file")
+    snapshot = commands.add_parser("snapshot", help="ask a running server (with a data_dir) to snapshot its index now")
+    snapshot.add_argument("--target", default="127.0.0.1:50051", help="server address")
     args = parser.parse_args(argv)
 
     if args.command == "serve":
@@ -87,6 +111,8 @@ def main(argv: list[str] | None = None) -> int:
         configure_logging(settings.log_level, settings.log_json)
         asyncio.run(run_server(settings))
         return 0
+    if args.command == "snapshot":
+        return asyncio.run(_snapshot(args.target))
     return asyncio.run(_ingest(args.target, args.paths, args.batch_size, args.chunk_chars))
 
 

@@ -48,8 +48,10 @@ class Settings(BaseSettings):
     vector_store_device: Device = Field(
         "auto", description="Device for the FAISS index; auto uses a GPU when faiss reports one."
     )
-    generator_backend: Literal["transformers", "vllm"] = Field(
-        "transformers", description="Generation engine: in-process transformers, or in-process vLLM AsyncLLM."
+    generator_backend: Literal["transformers", "vllm", "none"] = Field(
+        "transformers",
+        description="Generation engine: in-process transformers, in-process vLLM AsyncLLM, or none (no model is "
+        "loaded and Generate answers FAILED_PRECONDITION; for index-only servers and fast test starts).",
     )
     generator_model: str = Field(
         "bundled:SmolLM2-135M-Instruct",
@@ -143,6 +145,25 @@ class Settings(BaseSettings):
     )
     cache_retrieval_max_entries: int = Field(10_000, ge=1, description="Retrieval results the memory cache keeps.")
     cache_generation_max_entries: int = Field(2_000, ge=1, description="Generate answers the memory cache keeps.")
+
+    # --- durability (rag_grpc/storage)
+    data_dir: Path | None = Field(
+        None,
+        description="Directory for the write-ahead log and snapshots of the index and documents; unset keeps "
+        "them in memory only, lost at exit.",
+    )
+    snapshot_interval_s: float = Field(
+        300.0, ge=0, description="Seconds between automatic snapshots (only when something changed); 0 disables."
+    )
+    snapshot_wal_max_bytes: int = Field(
+        256 * 1024 * 1024,
+        ge=0,
+        description="Take a snapshot once the write-ahead log has grown by this many bytes, bounding replay at "
+        "start-up; 0 disables.",
+    )
+    port_file: Path | None = Field(
+        None, description="Once serving, write the bound port to this file (for scripts and tests using port 0)."
+    )
 
     @field_validator("log_level")
     @classmethod

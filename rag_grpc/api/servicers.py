@@ -128,3 +128,18 @@ class InfoServicer(pb_grpc.InfoServiceServicer):
                 max_metadata_entries=s.max_metadata_entries,
             ),
         )
+
+
+class AdminServicer(pb_grpc.AdminServiceServicer):
+    def __init__(self, service: RagService) -> None:
+        self._service = service
+
+    async def Snapshot(self, request: pb.SnapshotRequest, context: Context) -> pb.SnapshotResponse:
+        info = await self._service.snapshot()
+        return pb.SnapshotResponse(
+            index_version=info.index_version,
+            documents=info.documents,
+            bytes=info.bytes,
+            duration_ms=info.duration_ms,
+            written=info.written,
+        )

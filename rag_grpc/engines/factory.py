@@ -24,7 +24,7 @@ from rag_grpc.settings import Settings
 class Engines:
     embedder: Embedder
     vector_store: VectorStore
-    # Keyed by model id; the first is the default for requests that name none.
+    # Keyed by model id; the first is the default for requests that name none. Empty with generator_backend=none.
     generators: dict[str, Generator]
 
     @property
@@ -44,7 +44,17 @@ def build_embedder(settings: Settings) -> Embedder:
 def build_vector_store(settings: Settings, dimension: int) -> VectorStore:
     from rag_grpc.engines.faiss_store import FaissVectorStore
 
-    return FaissVectorStore(dimension, settings.vector_store_device)
+    store = FaissVectorStore(dimension, settings.vector_store_device)
+    if settings.data_dir is None:
+        return store
+    from rag_grpc.storage import DurableVectorStore
+
+    return DurableVectorStore(
+        store,
+        settings.data_dir,
+        snapshot_interval_s=settings.snapshot_interval_s,
+        snapshot_wal_max_bytes=settings.snapshot_wal_max_bytes,
+    )
 
 
 def with_embed_batching(settings: Settings, embedder: Embedder) -> BatchingEmbedder:
@@ -102,13 +112,15 @@ async def open_engines(settings: Settings, *, with_generator: bool = True) -> As
         torch.set_num_threads(settings.torch_threads)
     async with AsyncExitStack() as stack:
         generators: dict[str, Generator] = {}
-        if with_generator:
+        if with_generator and settings.generator_backend != "none":
             # The generator comes first: vLLM sizes its GPU memory share against what is free at its start.
             generator = await stack.enter_async_context(await build_generator(settings))
             generators[generator.info.model] = generator
         # Each batching wrapper is left before the engine it wraps, so no batch outlives its engine.
         raw_embedder = await stack.enter_async_context(build_embedder(settings))
         embedder = await stack.enter_async_context(with_embed_batching(settings, raw_embedder))
+        # A durable store is left after the search batcher and before the embedder: its final snapshot
+        # follows the last search and write.
         raw_store = await stack.enter_async_context(build_vector_store(settings, embedder.dimension))
         vector_store = await stack.enter_async_context(with_search_batching(settings, raw_store))
         yield Engines(embedder=embedder, vector_store=vector_store, generators=generators)

@@ -25,11 +25,12 @@ from rag_grpc.domain import (
     SamplingOptions,
     SearchQuery,
     SearchResult,
+    SnapshotInfo,
     SourcesEvent,
     WriteResult,
 )
 from rag_grpc.engines import Engines, Generator
-from rag_grpc.errors import NotFound
+from rag_grpc.errors import FailedPrecondition, NotFound
 from rag_grpc.service import cache_entries as entries
 from rag_grpc.service.cache import CacheKind, ResultCache
 from rag_grpc.service.cache_entries import CachedAnswer, IndexState
@@ -167,10 +168,21 @@ class RagService:
             version = result.index_version
         return documents, count, version
 
+    async def snapshot(self) -> SnapshotInfo:
+        # Looked up by name, not isinstance(Snapshotter): wrappers such as the search batcher pass it through
+        # with __getattr__, which runtime protocol checks do not see from Python 3.12 on.
+        snapshot = getattr(self.engines.vector_store, "snapshot", None)
+        if snapshot is None:
+            raise FailedPrecondition("snapshot: the index is kept in memory only; start the server with a data_dir")
+        info: SnapshotInfo = await snapshot()
+        return info
+
     # --- generation
 
     def generator_for(self, model: str) -> Generator:
         generators = self.engines.generators
+        if not generators:
+            raise FailedPrecondition("model: this server runs without a generator (generator_backend=none)")
         if not model:
             return generators[self.engines.default_generator]
         if model not in generators:
