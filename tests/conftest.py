@@ -68,6 +68,7 @@ class Stubs:
         self.generate = pb_grpc.GenerateServiceStub(channel)
         self.documents = pb_grpc.DocumentServiceStub(channel)
         self.info = pb_grpc.InfoServiceStub(channel)
+        self.admin = pb_grpc.AdminServiceStub(channel)
         self.health = health_pb2_grpc.HealthStub(channel)
 
 

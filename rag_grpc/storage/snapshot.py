@@ -94,6 +94,9 @@ def _read(file: BinaryIO, path: Path) -> StoreState:
     assert isinstance(header, dict) and header["format"] == _FORMAT, "unknown snapshot format"
     count, dimension = int(header["documents"]), int(header["dimension"])
     documents = codec.documents_from_rows(codec.decode_json(take(int(header["documents_bytes"]))))
+    # Checked before allocating: a damaged count must not ask for terabytes before the checksum is read.
+    if count < 0 or dimension < 1 or count * dimension * 4 + _U32.size != os.fstat(file.fileno()).st_size - file.tell():
+        raise StorageCorrupted(f"{path}: the vectors do not fill the rest of the file")
     vectors = np.empty((count, dimension), dtype=np.float32)
     raw = memoryview(vectors.reshape(-1).view(np.uint8))
     if file.readinto(raw) != len(raw):
