@@ -3,6 +3,9 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 PORT ?= 50051
+# `make serve` keeps its index in ./data, so documents added while it runs are there at the next start;
+# `make serve DATA_DIR=` keeps it in memory only.
+DATA_DIR ?= data
 # The CPU build of torch that this machine keeps on disk; a bare `torch` would pull CUDA wheels.
 TORCH_CPU := torch==2.13.0
 
@@ -24,7 +27,7 @@ install: $(VENV)/.installed
 install-test: install
 
 serve: install
-	$(BIN)/rag-grpc serve --port $(PORT) --demo-corpus
+	$(BIN)/rag-grpc serve --port $(PORT) --demo-corpus $(if $(DATA_DIR),--data-dir $(DATA_DIR))
 
 test: install-test redis-server
 	$(BIN)/pytest -q

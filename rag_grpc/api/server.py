@@ -11,6 +11,7 @@ from grpc_reflection.v1alpha import reflection
 
 from rag_grpc.api import servicers
 from rag_grpc.api.interceptors.deadline import DeadlineCeilingInterceptor
+from rag_grpc.api.interceptors.decoding import RequestDecodingInterceptor
 from rag_grpc.api.interceptors.errors import ErrorMappingInterceptor
 from rag_grpc.service import RagService
 from rag_grpc.settings import Settings
@@ -45,8 +46,14 @@ class RagServer:
         self._settings = settings
         self.health = health.aio.HealthServicer()
         # Outermost first. Error mapping sits inside the configured interceptors so they see final statuses;
-        # the deadline ceiling sits inside it so that DeadlineExceeded goes through the one error map.
-        chain = [*interceptors, ErrorMappingInterceptor(), DeadlineCeilingInterceptor(settings.call_deadline_ceiling_s)]
+        # the deadline ceiling and request decoding sit inside it, so that DeadlineExceeded and an unparsable
+        # request (INVALID_ARGUMENT, not UNKNOWN) go through the one error map.
+        chain = [
+            *interceptors,
+            ErrorMappingInterceptor(),
+            DeadlineCeilingInterceptor(settings.call_deadline_ceiling_s),
+            RequestDecodingInterceptor(),
+        ]
         self._server = grpc.aio.server(interceptors=chain, options=server_options(settings))
         pb_grpc.add_EmbedServiceServicer_to_server(servicers.EmbedServicer(service), self._server)
         pb_grpc.add_RetrieveServiceServicer_to_server(servicers.RetrieveServicer(service), self._server)

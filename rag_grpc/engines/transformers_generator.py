@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any, Self
 
 from rag_grpc.domain import EngineInfo, FinishReason, GenerationChunk, GenerationRequest
+from rag_grpc.engines.chat_tokens import control_tokens
 from rag_grpc.engines.streaming_text import IncrementalDecoder, StopSequenceFilter
 from rag_grpc.errors import EngineError, InvalidArgument, RagError
 
@@ -70,7 +71,7 @@ class TransformersGenerator:
 
     @property
     def control_tokens(self) -> Sequence[str]:
-        return list(self._tokenizer.all_special_tokens)
+        return control_tokens(self._tokenizer)
 
     def num_running_requests(self) -> int:
         return len(self._running)
@@ -90,7 +91,7 @@ class TransformersGenerator:
             while True:
                 item = await queue.get()
                 if isinstance(item, RagError):
-                    raise item
+                    raise item  # the request's fault (e.g. too long for the model), not the engine's
                 if isinstance(item, BaseException):
                     raise EngineError("generation failed") from item
                 yield item

@@ -25,7 +25,8 @@ from rag_grpc.domain import (
     GenerationRequest,
     SamplingOptions,
 )
-from rag_grpc.errors import EngineError, RagError, Unavailable
+from rag_grpc.engines.chat_tokens import control_tokens
+from rag_grpc.errors import EngineError, InvalidArgument, RagError, Unavailable
 
 log = structlog.get_logger(__name__)
 
@@ -42,6 +43,8 @@ _FINISH_REASONS = {
 # Matched by class name (anywhere in the MRO and the cause chain) so no vllm import is needed, and
 # because AsyncLLM.generate may re-raise them wrapped in EngineGenerateError.
 _UNAVAILABLE_ERRORS = frozenset({"QueueOverflowError", "MaxQueuedTokensError", "EngineDeadError"})
+# vLLM's own verdict that the request cannot run (e.g. a prompt longer than max_model_len): the caller's fault.
+_INVALID_ERRORS = frozenset({"VLLMValidationError"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -126,7 +129,7 @@ class VllmGenerator:
 
     @property
     def control_tokens(self) -> Sequence[str]:
-        return list(self._tokenizer.all_special_tokens)
+        return control_tokens(self._tokenizer)
 
     def num_running_requests(self) -> int:
         return 0 if self._engine is None else int(self._engine.get_num_unfinished_requests())
@@ -201,5 +204,7 @@ def _map_engine_error(exc: BaseException) -> RagError:
         seen.add(id(current))
         if any(cls.__name__ in _UNAVAILABLE_ERRORS for cls in type(current).__mro__):
             return Unavailable(f"vLLM cannot take the request now ({type(current).__name__})")
+        if any(cls.__name__ in _INVALID_ERRORS for cls in type(current).__mro__):
+            return InvalidArgument("prompt", f"vLLM refused the request: {str(current)[:300]}")
         current = current.__cause__ or current.__context__
     return EngineError("vLLM generation failed")

@@ -48,6 +48,8 @@ CASES: list[tuple[str, Callable[[Stubs], object], str]] = [
     ("generate: top_p zero", lambda s: collect(s.generate.Generate(_gen(top_p=0.0))), "sampling.top_p"),
     ("generate: top_k negative", lambda s: collect(s.generate.Generate(_gen(top_k=-1))), "sampling.top_k"),
     ("generate: empty stop", lambda s: collect(s.generate.Generate(_gen(stop=[""]))), "sampling.stop[0]"),
+    # Within max_prompt_chars, but a byte-level tokenizer spends several tokens on each such character.
+    ("generate: prompt over the model's context", lambda s: collect(s.generate.Generate(pb.GenerateRequest(prompt="𝄞" * 30000, sampling=pb.SamplingParams(max_tokens=1)))), "prompt"),
     ("generate: retrieval top_k zero", lambda s: collect(s.generate.Generate(pb.GenerateRequest(prompt="a", retrieval=pb.RetrievalOptions(top_k=0)))), "retrieval.top_k"),
     ("generate: retrieval bad filter", lambda s: collect(s.generate.Generate(pb.GenerateRequest(prompt="a", retrieval=pb.RetrievalOptions(filter={" ": "x"})))), "retrieval.filter"),
     ("upsert: no documents", lambda s: s.documents.Upsert(pb.UpsertRequest()), "documents"),

@@ -16,7 +16,7 @@ import pytest
 from rag_grpc.domain import ChatMessage, FinishReason, GenerationChunk, GenerationRequest, SamplingOptions
 from rag_grpc.engines.base import Generator
 from rag_grpc.engines.vllm_generator import VllmApi, VllmGenerator, _map_engine_error
-from rag_grpc.errors import EngineError, Unavailable
+from rag_grpc.errors import EngineError, InvalidArgument, Unavailable
 from tests.fakes import fake_vllm
 
 SCRIPT_WORDS = fake_vllm.SCRIPT.split()
@@ -216,6 +216,14 @@ async def test_engine_failure_mid_stream_is_engine_error(tokenizer: Any) -> None
                 chunks.append(chunk)
         assert "".join(c.text for c in chunks) == "the quick"
         assert gen.num_running_requests() == 0
+
+
+async def test_a_prompt_over_max_model_len_is_invalid_argument(generator: VllmGenerator) -> None:
+    long = GenerationRequest("req-long", [ChatMessage("user", "fox " * 3000)], SamplingOptions(4))
+    with pytest.raises(InvalidArgument) as caught:
+        await collect(generator, long)
+    assert caught.value.field == "prompt"
+    assert generator.num_running_requests() == 0
 
 
 def test_admission_errors_are_recognised_through_wrapping() -> None:
