@@ -22,6 +22,9 @@ from rag_grpc.errors import InvalidArgument
 from rag_grpc.settings import Settings
 
 CHAT_ROLES = frozenset({"system", "user", "assistant"})
+# Temperatures below this decode greedily in all but name, and dividing float32 logits by them
+# overflows to inf and NaN probabilities (1e-45 did, found by the fuzzer); they mean greedy, as in vLLM.
+GREEDY_BELOW_TEMPERATURE = 1e-5
 
 
 class Validator:
@@ -72,13 +75,15 @@ class Validator:
     def vector(self, field: str, values: Sequence[float], dimension: int) -> np.ndarray:
         if len(values) != dimension:
             raise InvalidArgument(field, f"must have {dimension} values, got {len(values)}")
-        vector = np.asarray(values, dtype=np.float32)
+        # float64: squared float32 values cannot overflow or underflow it, while in float32 the norm of large
+        # values overflowed to inf (a query of zeros) and that of tiny ones to 0 (found by the fuzzer).
+        vector = np.asarray(values, dtype=np.float64)
         if not np.all(np.isfinite(vector)):
             raise InvalidArgument(field, "must contain only finite numbers")
         norm = float(np.linalg.norm(vector))
         if norm == 0.0:
             raise InvalidArgument(field, "must not be the zero vector")
-        return vector / norm
+        return (vector / norm).astype(np.float32)
 
     def retrieve(self, request: RetrieveInput, dimension: int) -> tuple[str | None, SearchQuery | None, int]:
         """Returns (text to embed, or a ready query when a vector was given, top_k)."""
@@ -131,6 +136,8 @@ class Validator:
         temperature = 0.0 if s.temperature is None else s.temperature
         if math.isnan(temperature) or not 0.0 <= temperature <= 2.0:
             raise InvalidArgument("sampling.temperature", f"must be between 0 and 2, got {temperature}")
+        if temperature < GREEDY_BELOW_TEMPERATURE:
+            temperature = 0.0
         top_p = 1.0 if s.top_p is None else s.top_p
         if math.isnan(top_p) or not 0.0 < top_p <= 1.0:
             raise InvalidArgument("sampling.top_p", f"must be in (0, 1], got {top_p}")

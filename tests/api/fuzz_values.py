@@ -66,11 +66,22 @@ def int32s(low: int = -5, high: int = 5) -> st.SearchStrategy[int]:
 
 def float32s() -> st.SearchStrategy[float]:
     edges = [float("nan"), float("inf"), float("-inf"), -0.0, 1e-45, -1e-45, 1e-30, 3.4e38, -3.4e38, 0.5, 1.0, -1.0]
-    return st.one_of(st.sampled_from(edges), st.floats(width=32))
+    return st.one_of(st.sampled_from(edges), st.floats(-1.0, 2.0, width=32), st.floats(width=32))
 
 
 def optional(strategy: st.SearchStrategy[T]) -> st.SearchStrategy[T | None]:
     return st.one_of(st.none(), strategy)
+
+
+def mostly(valid: st.SearchStrategy[T], hostile: st.SearchStrategy[T]) -> st.SearchStrategy[T]:
+    """A valid value three times in four: requests with one or two hostile fields get past the rest of
+    validation, so the hostile value is what the server has to cope with."""
+    return st.integers(0, 3).flatmap(lambda n: hostile if n == 0 else valid)
+
+
+def readable(max_size: int = 40) -> st.SearchStrategy[str]:
+    """Valid non-blank text of any script."""
+    return st.text(UNICODE, min_size=1, max_size=max_size).filter(lambda t: t.strip())
 
 
 def _set(**fields: object) -> dict[str, object]:
@@ -91,8 +102,13 @@ def vectors() -> st.SearchStrategy[pb.Vector]:
 
 
 def documents(known_ids: list[str]) -> st.SearchStrategy[pb.Document]:
-    ids = st.one_of(strings(LIMITS.max_id_chars), st.sampled_from(known_ids))
-    return message(pb.Document, id=ids, text=strings(LIMITS.max_text_chars), metadata=metadata())
+    ids = mostly(st.one_of(readable(20), st.sampled_from(known_ids)), strings(LIMITS.max_id_chars))
+    return message(
+        pb.Document,
+        id=ids,
+        text=mostly(readable(200), strings(LIMITS.max_text_chars)),
+        metadata=mostly(st.dictionaries(readable(10), st.text(UNICODE, max_size=10), max_size=3), metadata()),
+    )
 
 
 def embed_requests() -> st.SearchStrategy[pb.EmbedRequest]:
@@ -100,9 +116,13 @@ def embed_requests() -> st.SearchStrategy[pb.EmbedRequest]:
 
 
 def retrieve_requests() -> st.SearchStrategy[pb.RetrieveRequest]:
-    common = {"top_k": optional(int32s()), "filter": metadata(), "min_score": optional(float32s())}
+    common = {
+        "top_k": mostly(optional(st.integers(1, LIMITS.max_top_k)), int32s()),
+        "filter": mostly(st.dictionaries(readable(10), readable(10), max_size=2), metadata()),
+        "min_score": mostly(optional(st.floats(-1, 1, width=32)), float32s()),
+    }
     return st.one_of(
-        message(pb.RetrieveRequest, text=strings(LIMITS.max_text_chars), **common),
+        message(pb.RetrieveRequest, text=mostly(readable(), strings(LIMITS.max_text_chars)), **common),
         message(pb.RetrieveRequest, vector=vectors(), **common),
         message(pb.RetrieveRequest, **common),
     )
@@ -124,22 +144,35 @@ def ingest_streams(known_ids: list[str]) -> st.SearchStrategy[list[pb.IngestRequ
 
 
 def generate_requests() -> st.SearchStrategy[pb.GenerateRequest]:
+    """Hostile everything, or a plain prompt with hostile sampling and retrieval values (so that many
+    requests get past validation and reach the engine)."""
     # Valid max_tokens stay at 1..2 so that an accepted request costs a fraction of a second.
-    max_tokens = st.one_of(st.integers(1, 2), st.integers(-(2**31), 0), st.integers(LIMITS.max_tokens + 1, 2**31 - 1))
+    bad_max_tokens = st.one_of(st.integers(-(2**31), 0), st.integers(LIMITS.max_tokens + 1, 2**31 - 1))
     sampling = message(
         pb.SamplingParams,
-        max_tokens=max_tokens,
-        temperature=optional(float32s()),
-        top_p=optional(float32s()),
-        top_k=optional(int32s()),
-        stop=repeated(strings(256), LIMITS.max_stop_sequences, "x"),
+        max_tokens=mostly(st.integers(1, 2), bad_max_tokens),
+        temperature=mostly(optional(st.floats(0, 2, width=32)), float32s()),
+        top_p=mostly(optional(st.floats(0, 1, exclude_min=True, width=32)), float32s()),
+        top_k=mostly(optional(st.integers(0, 2**31 - 1)), int32s()),
+        stop=mostly(st.lists(readable(8), max_size=2), repeated(strings(256), LIMITS.max_stop_sequences, "x")),
         seed=optional(st.integers(0, 2**64 - 1)),
     )
     roles = st.one_of(st.sampled_from(["user", "system", "assistant"]), short_strings())
     chat = message(pb.ChatMessage, role=roles, content=strings(LIMITS.max_prompt_chars, long_valid=False))
-    retrieval = message(pb.RetrievalOptions, top_k=optional(int32s()), filter=metadata(), min_score=optional(float32s()))
+    retrieval = message(
+        pb.RetrievalOptions,
+        top_k=mostly(optional(st.integers(1, LIMITS.max_top_k)), int32s()),
+        filter=mostly(st.just({}), metadata()),
+        min_score=mostly(optional(st.floats(-1, 1, width=32)), float32s()),
+    )
     prompt = strings(LIMITS.max_prompt_chars, long_valid=False)
-    return message(
+    plain = message(
+        pb.GenerateRequest,
+        prompt=st.sampled_from(["What is in the documents?", "Say hi.", "2+2?"]),
+        sampling=sampling,
+        retrieval=optional(retrieval),
+    )
+    hostile = message(
         pb.GenerateRequest,
         prompt=st.one_of(st.just(""), prompt),
         messages=st.one_of(st.just([]), st.lists(chat, min_size=1, max_size=3), repeated(chat, LIMITS.max_messages, pb.ChatMessage(role="user", content="hi"))),
@@ -147,3 +180,4 @@ def generate_requests() -> st.SearchStrategy[pb.GenerateRequest]:
         retrieval=optional(retrieval),
         model=st.one_of(st.just(""), short_strings()),
     )
+    return st.one_of(plain, hostile)

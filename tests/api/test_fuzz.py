@@ -17,9 +17,11 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
 import grpc
+import numpy as np
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, assume, event, example, given, settings
 from hypothesis import strategies as st
+from hypothesis.control import currently_in_test_context
 
 from rag_grpc.api.server import RagServer
 from rag_grpc.engines import Engines
@@ -86,6 +88,8 @@ async def check(
     (`partial_writes`: the caller checks what a rejected call may have kept)."""
     before = await _index(stubs)
     code, details = await _status_of(call())
+    if currently_in_test_context():
+        event(code.name)  # --hypothesis-show-statistics: how often each status came back
     assert code in ALLOWED, f"{code.name}: {details[:500]}"
     if code != grpc.StatusCode.OK:
         assert details, f"{code.name} without a message"
@@ -109,8 +113,34 @@ async def test_retrieve(fuzz: FuzzServer, request: pb.RetrieveRequest) -> None:
 
 @FUZZ
 @given(request=values.generate_requests())
+# Found by the fuzzer: dividing float32 logits by this temperature gave NaN probabilities (INTERNAL).
+@example(request=pb.GenerateRequest(prompt="Say hi.", sampling=pb.SamplingParams(max_tokens=1, temperature=1e-45)))
 async def test_generate(fuzz: FuzzServer, request: pb.GenerateRequest) -> None:
     await check(fuzz.stubs, lambda: collect(fuzz.stubs.generate.Generate(request, timeout=CALL_TIMEOUT_S)), writes=False)
+
+
+@FUZZ
+@given(
+    direction=st.lists(st.floats(-1, 1, width=32), min_size=values.DIMENSION, max_size=values.DIMENSION),
+    scale=st.sampled_from([1e-45, 1e-40, 1e-20, 1.0, 1e20, 1e36, 3.4e38]),
+)
+# Found by the fuzzer: in float32 the norm of large values overflowed (a query of zeros) and of tiny ones underflowed.
+@example(direction=[1.0] * values.DIMENSION, scale=3.4e38)
+@example(direction=[1.0] * values.DIMENSION, scale=1e-45)
+async def test_retrieve_by_vector_does_not_depend_on_its_length(fuzz: FuzzServer, direction: list[float], scale: float) -> None:
+    peak = max(abs(x) for x in direction)
+    assume(peak > 0)
+    scaled = (np.asarray(direction, dtype=np.float64) / peak * scale).astype(np.float32)
+    assume(np.any(scaled != 0) and np.all(np.isfinite(scaled)))
+    # The direction of what is sent (tiny scales round small components away), at unit length.
+    unit = scaled.astype(np.float64) / np.linalg.norm(scaled.astype(np.float64))
+    answers = []
+    for vector in (unit.astype(np.float32), scaled):
+        request = pb.RetrieveRequest(vector=pb.Vector(values=vector.tolist()), top_k=5)
+        answers.append((await fuzz.stubs.retrieve.Retrieve(request, timeout=CALL_TIMEOUT_S)).hits)
+    expected, got = answers
+    assert len(got) == len(expected) == min(5, (await _index(fuzz.stubs))[0])
+    assert [h.score for h in got] == pytest.approx([h.score for h in expected], abs=1e-3)
 
 
 @FUZZ
