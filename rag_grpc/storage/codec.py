@@ -45,7 +45,9 @@ def documents_to_rows(documents: Sequence[Document]) -> list[list[object]]:
 def documents_from_rows(rows: object) -> list[Document]:
     if not isinstance(rows, list):
         raise ValueError("documents must be a list")
-    return [Document(id=str(i), text=str(t), metadata={str(k): str(v) for k, v in m.items()}) for i, t, m in rows]
+    return [
+        Document(id=str(i), text=str(t), metadata={str(k): str(v) for k, v in m.items()}) for i, t, m in rows
+    ]
 
 
 def vectors_to_bytes(vectors: FloatMatrix) -> bytes:

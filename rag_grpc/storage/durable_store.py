@@ -28,12 +28,27 @@ from typing import Any, Self, TypeVar
 import numpy as np
 import structlog
 
-from rag_grpc.domain import Document, EngineInfo, FloatMatrix, SearchQuery, SearchResult, SnapshotInfo, StoreState
+from rag_grpc.domain import (
+    Document,
+    EngineInfo,
+    FloatMatrix,
+    SearchQuery,
+    SearchResult,
+    SnapshotInfo,
+    StoreState,
+)
 from rag_grpc.engines.base import PersistableVectorStore
 from rag_grpc.errors import EngineError, InvalidArgument, NotFound, RagError, Unavailable
 from rag_grpc.storage.files import DirectoryLock, StorageCorrupted, remove_stale_temporaries
 from rag_grpc.storage.snapshot import list_snapshots, read_snapshot, remove_snapshots_before, write_snapshot
-from rag_grpc.storage.wal import DeleteRecord, UpsertRecord, WalRecord, WriteAheadLog, list_segments, read_segment
+from rag_grpc.storage.wal import (
+    DeleteRecord,
+    UpsertRecord,
+    WalRecord,
+    WriteAheadLog,
+    list_segments,
+    read_segment,
+)
 
 log = structlog.get_logger(__name__)
 T = TypeVar("T")
@@ -65,6 +80,7 @@ class DurableVectorStore:
         self._in_flight: set[asyncio.Future[Any]] = set()
         self._periodic: asyncio.Task[None] | None = None
         self._failed = False
+        self._closing = False
 
     # --- lifecycle
 
@@ -75,6 +91,9 @@ class DurableVectorStore:
             self._lock_file.acquire()
             await self._recover()
         except BaseException:
+            self._log.close()
+            self._log_thread.shutdown(wait=False)
+            self._snapshot_thread.shutdown(wait=False)
             self._lock_file.release()
             await self._inner.__aexit__(None, None, None)
             raise
@@ -83,6 +102,7 @@ class DurableVectorStore:
         return self
 
     async def __aexit__(self, *exc_info: object) -> None:
+        self._closing = True
         if self._periodic is not None:
             self._periodic.cancel()
             await asyncio.gather(self._periodic, return_exceptions=True)
@@ -100,18 +120,38 @@ class DurableVectorStore:
             await self._inner.__aexit__(*exc_info)
 
     async def _recover(self) -> None:
+        """Newest snapshot, then every logged write after it, then the log is reopened for appending."""
         started = time.perf_counter()
         await self._on(self._snapshot_thread, remove_stale_temporaries, self._dir)
+        snapshot_version = await self._load_newest_snapshot()
+        replayed = await self._replay_log()
+        await self._on(self._log_thread, self._log.open, self._inner.version + 1)
+        log.info(
+            "storage_recovered",
+            data_dir=str(self._dir),
+            snapshot_version=snapshot_version,
+            replayed_records=replayed,
+            index_version=self._inner.version,
+            documents=self._inner.size,
+            duration_ms=round((time.perf_counter() - started) * 1000, 1),
+        )
+
+    async def _load_newest_snapshot(self) -> int | None:
         snapshots = list_snapshots(self._dir)
-        if snapshots:
-            state = await self._on(self._snapshot_thread, read_snapshot, snapshots[-1][1])
-            if state.vectors.shape[1] != self._inner.dimension:
-                raise StorageCorrupted(
-                    f"{snapshots[-1][1]} holds {state.vectors.shape[1]}-dimensional vectors; the embedder makes "
-                    f"{self._inner.dimension} (use another data_dir for another embedder)"
-                )
-            await self._inner.restore_state(state)
-            self._snapshot_version = state.version
+        if not snapshots:
+            return None
+        path = snapshots[-1][1]
+        state = await self._on(self._snapshot_thread, read_snapshot, path)
+        if state.vectors.shape[1] != self._inner.dimension:
+            raise StorageCorrupted(
+                f"{path} holds {state.vectors.shape[1]}-dimensional vectors; the embedder makes "
+                f"{self._inner.dimension} (use another data_dir for another embedder)"
+            )
+        await self._inner.restore_state(state)
+        self._snapshot_version = state.version
+        return state.version
+
+    async def _replay_log(self) -> int:
         replayed = 0
         segments = list_segments(self._dir)
         for number, (_, path) in enumerate(segments):
@@ -120,24 +160,21 @@ class DurableVectorStore:
                 if record.version <= self._inner.version:
                     continue  # the snapshot holds it already
                 if record.version != self._inner.version + 1:
-                    raise StorageCorrupted(f"{path}: record for version {record.version} follows version {self._inner.version}")
+                    raise StorageCorrupted(
+                        f"{path}: record for version {record.version} follows version {self._inner.version}"
+                    )
                 try:
                     applied = await self._apply(record)
                 except RagError as exc:
-                    raise StorageCorrupted(f"{path}: replaying version {record.version} failed: {exc.message}") from exc
+                    raise StorageCorrupted(
+                        f"{path}: replaying version {record.version} failed: {exc.message}"
+                    ) from exc
                 if applied != record.version:
-                    raise StorageCorrupted(f"{path}: replaying version {record.version} produced version {applied}")
+                    raise StorageCorrupted(
+                        f"{path}: replaying version {record.version} produced version {applied}"
+                    )
                 replayed += 1
-        await self._on(self._log_thread, self._log.open, self._inner.version + 1)
-        log.info(
-            "storage_recovered",
-            data_dir=str(self._dir),
-            snapshot_version=self._snapshot_version if snapshots else None,
-            replayed_records=replayed,
-            index_version=self._inner.version,
-            documents=self._inner.size,
-            duration_ms=round((time.perf_counter() - started) * 1000, 1),
-        )
+        return replayed
 
     # --- VectorStore: reads go straight to the inner store
 
@@ -172,7 +209,9 @@ class DurableVectorStore:
         documents = list(documents)
         vectors = np.ascontiguousarray(vectors, dtype=np.float32)
         if vectors.shape != (len(documents), self.dimension):
-            raise InvalidArgument("vectors", f"expected shape ({len(documents)}, {self.dimension}), got {vectors.shape}")
+            raise InvalidArgument(
+                "vectors", f"expected shape ({len(documents)}, {self.dimension}), got {vectors.shape}"
+            )
         return await self._write(lambda version: UpsertRecord(version, documents, vectors))
 
     async def delete(self, ids: Sequence[str]) -> int:
@@ -186,16 +225,33 @@ class DurableVectorStore:
 
         return await self._write(lambda version: DeleteRecord(version, ids), check=all_known)
 
-    async def _write(self, make_record: Callable[[int], WalRecord], check: Callable[[], Awaitable[None]] | None = None) -> int:
+    async def _write(
+        self, make_record: Callable[[int], WalRecord], check: Callable[[], Awaitable[None]] | None = None
+    ) -> int:
         if self._failed:
             raise Unavailable(_FAILED)
-        await self._write_lock.acquire()  # waiting here is cancellable; from here on the lock belongs to the task
-        task = asyncio.ensure_future(self._log_then_apply(make_record, check))
+        if self._closing:
+            raise Unavailable("storage: the index is shutting down")
+        await (
+            self._write_lock.acquire()
+        )  # waiting here is cancellable; from here on the lock belongs to the task
+        return await self._shielded(self._log_then_apply(make_record, check))
+
+    async def _shielded(self, work: Awaitable[T]) -> T:
+        """Runs `work` to the end even if the caller is cancelled, and is awaited by __aexit__."""
+        task = asyncio.ensure_future(work)
         self._in_flight.add(task)
-        task.add_done_callback(self._in_flight.discard)
+        task.add_done_callback(self._finished)
         return await asyncio.shield(task)
 
-    async def _log_then_apply(self, make_record: Callable[[int], WalRecord], check: Callable[[], Awaitable[None]] | None) -> int:
+    def _finished(self, task: asyncio.Future[Any]) -> None:
+        self._in_flight.discard(task)
+        if not task.cancelled():
+            task.exception()  # retrieved here: a caller that went away must not leave it "never retrieved"
+
+    async def _log_then_apply(
+        self, make_record: Callable[[int], WalRecord], check: Callable[[], Awaitable[None]] | None
+    ) -> int:
         try:
             if self._failed:
                 raise Unavailable(_FAILED)
@@ -236,10 +292,7 @@ class DurableVectorStore:
         """Writes a snapshot of the current version (if the newest one is older) and drops the log it covers.
 
         Runs to the end even if the caller is cancelled, so no half-done rotation is left behind."""
-        task = asyncio.ensure_future(self._snapshot())
-        self._in_flight.add(task)
-        task.add_done_callback(self._in_flight.discard)
-        return await asyncio.shield(task)
+        return await self._shielded(self._snapshot())
 
     async def _snapshot(self) -> SnapshotInfo:
         async with self._snapshot_lock:
@@ -256,9 +309,16 @@ class DurableVectorStore:
             # Only now that the snapshot is durable may what it covers go.
             await self._on(self._log_thread, self._log.drop_segments_through, state.version)
             await self._on(self._snapshot_thread, remove_snapshots_before, self._dir, state.version)
-            info = SnapshotInfo(state.version, len(state.documents), size, (time.perf_counter() - started) * 1000, True)
-            log.info("snapshot_written", index_version=info.index_version, documents=info.documents, bytes=size,
-                     duration_ms=round(info.duration_ms, 1))
+            info = SnapshotInfo(
+                state.version, len(state.documents), size, (time.perf_counter() - started) * 1000, True
+            )
+            log.info(
+                "snapshot_written",
+                index_version=info.index_version,
+                documents=info.documents,
+                bytes=size,
+                duration_ms=round(info.duration_ms, 1),
+            )
             return info
 
     async def _snapshot_periodically(self) -> None:

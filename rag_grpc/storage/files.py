@@ -38,7 +38,7 @@ def sync_directory(directory: Path) -> None:
 
 
 def create_durably(path: Path, content: bytes) -> None:
-    """Creates `path` holding `content`, never visible half-written: temporary file, fsync, rename, fsync dir."""
+    """Creates `path` holding `content`, never half-written: temporary file, fsync, rename, fsync dir."""
     staging = path.with_name(path.name + ".tmp")
     fd = os.open(staging, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
     try:

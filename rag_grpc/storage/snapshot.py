@@ -46,14 +46,26 @@ def write_snapshot(directory: Path, state: StoreState) -> int:
     documents = codec.encode_json(codec.documents_to_rows(state.documents))
     count, dimension = state.vectors.shape
     header = codec.encode_json(
-        {"format": _FORMAT, "version": state.version, "documents": count, "dimension": dimension, "documents_bytes": len(documents)}
+        {
+            "format": _FORMAT,
+            "version": state.version,
+            "documents": count,
+            "dimension": dimension,
+            "documents_bytes": len(documents),
+        }
     )
     path = snapshot_path(directory, state.version)
     staging = path.with_name(path.name + ".tmp")
     checksum = 0
     size = 0
     with open(staging, "wb") as file:
-        for part in (SNAPSHOT_MAGIC, _U32.pack(len(header)), header, documents, memoryview(codec.vectors_to_bytes(state.vectors))):
+        for part in (
+            SNAPSHOT_MAGIC,
+            _U32.pack(len(header)),
+            header,
+            documents,
+            memoryview(codec.vectors_to_bytes(state.vectors)),
+        ):
             file.write(part)
             checksum = zlib.crc32(part, checksum)
             size += len(part)
@@ -95,7 +107,11 @@ def _read(file: BinaryIO, path: Path) -> StoreState:
     count, dimension = int(header["documents"]), int(header["dimension"])
     documents = codec.documents_from_rows(codec.decode_json(take(int(header["documents_bytes"]))))
     # Checked before allocating: a damaged count must not ask for terabytes before the checksum is read.
-    if count < 0 or dimension < 1 or count * dimension * 4 + _U32.size != os.fstat(file.fileno()).st_size - file.tell():
+    if (
+        count < 0
+        or dimension < 1
+        or count * dimension * 4 + _U32.size != os.fstat(file.fileno()).st_size - file.tell()
+    ):
         raise StorageCorrupted(f"{path}: the vectors do not fill the rest of the file")
     vectors = np.empty((count, dimension), dtype=np.float32)
     raw = memoryview(vectors.reshape(-1).view(np.uint8))

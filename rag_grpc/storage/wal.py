@@ -53,8 +53,14 @@ WalRecord = UpsertRecord | DeleteRecord
 
 def encode_record(record: WalRecord) -> bytes:
     if isinstance(record, UpsertRecord):
-        body = codec.encode_json({"dimension": record.vectors.shape[1], "documents": codec.documents_to_rows(record.documents)})
-        payload = [_RECORD_HEADER.pack(_UPSERT, record.version, len(body)), body, codec.vectors_to_bytes(record.vectors)]
+        body = codec.encode_json(
+            {"dimension": record.vectors.shape[1], "documents": codec.documents_to_rows(record.documents)}
+        )
+        payload = [
+            _RECORD_HEADER.pack(_UPSERT, record.version, len(body)),
+            body,
+            codec.vectors_to_bytes(record.vectors),
+        ]
     else:
         body = codec.encode_json({"ids": list(record.ids)})
         payload = [_RECORD_HEADER.pack(_DELETE, record.version, len(body)), body]
@@ -68,7 +74,9 @@ def decode_record(payload: bytes) -> WalRecord:
     assert isinstance(body, dict)
     if op == _UPSERT:
         documents = codec.documents_from_rows(body["documents"])
-        vectors = codec.vectors_from_bytes(memoryview(payload)[body_end:], len(documents), int(body["dimension"]))
+        vectors = codec.vectors_from_bytes(
+            memoryview(payload)[body_end:], len(documents), int(body["dimension"])
+        )
         return UpsertRecord(version=version, documents=documents, vectors=vectors)
     if op == _DELETE:
         return DeleteRecord(version=version, ids=[str(i) for i in body["ids"]])
@@ -118,14 +126,18 @@ def _read_frame(data: bytes, offset: int) -> tuple[WalRecord | None, int, str | 
 def scan_segment(path: Path) -> _Scan:
     data = path.read_bytes()
     if not data.startswith(SEGMENT_MAGIC):
-        return _Scan([], 0, "a missing or damaged segment header", records_after_problem=len(data) > len(SEGMENT_MAGIC))
+        return _Scan(
+            [], 0, "a missing or damaged segment header", records_after_problem=len(data) > len(SEGMENT_MAGIC)
+        )
     records: list[WalRecord] = []
     offset = len(SEGMENT_MAGIC)
     while offset < len(data):
         record, next_offset, problem = _read_frame(data, offset)
         if problem is not None:
             # Can the log be read on past the damage? Then acknowledged records would be lost by cutting here.
-            after = next_offset > offset and next_offset < len(data) and _read_frame(data, next_offset)[2] is None
+            after = (
+                next_offset > offset and next_offset < len(data) and _read_frame(data, next_offset)[2] is None
+            )
             return _Scan(records, offset, f"{problem} at byte {offset}", records_after_problem=after)
         assert record is not None
         records.append(record)
@@ -146,7 +158,11 @@ def read_segment(path: Path, is_last: bool) -> list[WalRecord]:
         )
     discarded = path.stat().st_size - scan.valid_bytes
     log.warning(
-        "wal_tail_discarded", path=str(path), offset=scan.valid_bytes, discarded_bytes=discarded, reason=scan.problem,
+        "wal_tail_discarded",
+        path=str(path),
+        offset=scan.valid_bytes,
+        discarded_bytes=discarded,
+        reason=scan.problem,
         kept_records=len(scan.records),
     )
     fd = os.open(path, os.O_WRONLY)
@@ -173,7 +189,8 @@ class WriteAheadLog:
         segments = list_segments(self._directory)
         if segments and segments[-1][0] > next_version:
             raise StorageCorrupted(
-                f"{segments[-1][1]} starts at version {segments[-1][0]} but recovery ended at {next_version - 1}"
+                f"{segments[-1][1]} starts at version {segments[-1][0]}, "
+                f"but recovery ended at {next_version - 1}"
             )
         if segments:
             self._open_segment(*segments[-1])
@@ -181,7 +198,7 @@ class WriteAheadLog:
             self._start_segment(next_version)
 
     def append(self, record: WalRecord) -> None:
-        """Returns once the record is on stable storage. On failure the file is cut back to its last whole record."""
+        """Returns once the record is on stable storage; on failure, cuts the file back to its last record."""
         assert self._fd is not None, "write-ahead log is not open"
         data = encode_record(record)
         try:
@@ -201,7 +218,7 @@ class WriteAheadLog:
         self._start_segment(next_version)
 
     def drop_segments_through(self, version: int) -> int:
-        """Removes the segments that hold only records at or below `version` (a durable snapshot covers them)."""
+        """Removes the segments holding only records at or below `version`: a durable snapshot covers them."""
         dropped = 0
         segments = list_segments(self._directory)
         # A segment ends where the next one starts, so the next one's start says what it holds.

@@ -34,7 +34,9 @@ async def _cli_snapshot(target: str) -> tuple[int | None, str, str]:
 
 
 def _durable(data_dir: Path, dimension: int) -> DurableVectorStore:
-    return DurableVectorStore(FaissVectorStore(dimension, "cpu"), data_dir, snapshot_interval_s=0, snapshot_wal_max_bytes=0)
+    return DurableVectorStore(
+        FaissVectorStore(dimension, "cpu"), data_dir, snapshot_interval_s=0, snapshot_wal_max_bytes=0
+    )
 
 
 @pytest.fixture
@@ -49,7 +51,9 @@ async def durable_target(engines: Engines, settings: Settings, tmp_path: Path) -
 
 
 async def test_an_in_memory_server_cannot_snapshot(stubs: Stubs) -> None:
-    error = await expect_status(stubs.admin.Snapshot(pb.SnapshotRequest()), grpc.StatusCode.FAILED_PRECONDITION)
+    error = await expect_status(
+        stubs.admin.Snapshot(pb.SnapshotRequest()), grpc.StatusCode.FAILED_PRECONDITION
+    )
     assert (error.details() or "").startswith("snapshot:")
 
 
@@ -57,9 +61,15 @@ async def test_snapshot_rpc_and_cli(durable_target: str, engines: Engines, tmp_p
     async with grpc.aio.insecure_channel(durable_target) as channel:
         documents = pb_grpc.DocumentServiceStub(channel)
         admin = pb_grpc.AdminServiceStub(channel)
-        await documents.Upsert(pb.UpsertRequest(documents=[doc("snap-1", "Kept in a snapshot."), doc("snap-2", "Me too.")]))
+        await documents.Upsert(
+            pb.UpsertRequest(documents=[doc("snap-1", "Kept in a snapshot."), doc("snap-2", "Me too.")])
+        )
         written = await admin.Snapshot(pb.SnapshotRequest())
-        assert (written.index_version, written.documents, written.written) == (1, 2, True) and written.bytes > 0
+        assert (written.index_version, written.documents, written.written) == (
+            1,
+            2,
+            True,
+        ) and written.bytes > 0
         assert [v for v, _ in list_snapshots(tmp_path / "data")] == [1]
         again = await admin.Snapshot(pb.SnapshotRequest())
         assert (again.index_version, again.written) == (1, False)

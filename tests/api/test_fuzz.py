@@ -35,7 +35,9 @@ from tests.conftest import Stubs
 from tests.helpers import collect
 
 EXAMPLES = int(os.environ.get("RAG_GRPC_FUZZ_EXAMPLES", "25"))
-FUZZ = settings(max_examples=EXAMPLES, deadline=None, suppress_health_check=list(HealthCheck), print_blob=True)
+FUZZ = settings(
+    max_examples=EXAMPLES, deadline=None, suppress_health_check=list(HealthCheck), print_blob=True
+)
 ALLOWED = {
     grpc.StatusCode.OK,
     grpc.StatusCode.INVALID_ARGUMENT,
@@ -49,21 +51,31 @@ KNOWN_IDS = [f"seed-{n}" for n in range(8)]
 
 
 class FuzzServer:
-    def __init__(self, stubs: Stubs, channel: grpc.aio.Channel, store: DurableVectorStore, data_dir: Path) -> None:
+    def __init__(
+        self, stubs: Stubs, channel: grpc.aio.Channel, store: DurableVectorStore, data_dir: Path
+    ) -> None:
         self.stubs, self.channel, self.store, self.data_dir = stubs, channel, store, data_dir
 
 
 @pytest.fixture(scope="module")
-async def fuzz(engines: Engines, settings: Settings, tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[FuzzServer]:
-    """Its own server and durable index (sharing the session's models), so the fuzzer's documents reach no other test."""
+async def fuzz(
+    engines: Engines, settings: Settings, tmp_path_factory: pytest.TempPathFactory
+) -> AsyncIterator[FuzzServer]:
+    """Its own server and durable index, sharing the session's models: fuzzed documents stay here."""
     data_dir = tmp_path_factory.mktemp("fuzz") / "data"
-    store = DurableVectorStore(FaissVectorStore(engines.embedder.dimension, "cpu"), data_dir, snapshot_interval_s=0)
+    store = DurableVectorStore(
+        FaissVectorStore(engines.embedder.dimension, "cpu"), data_dir, snapshot_interval_s=0
+    )
     async with store:
-        server = RagServer(settings, RagService(Engines(engines.embedder, store, engines.generators), settings))
+        server = RagServer(
+            settings, RagService(Engines(engines.embedder, store, engines.generators), settings)
+        )
         port = await server.start()
         async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
             stubs = Stubs(channel)
-            await stubs.documents.Upsert(pb.UpsertRequest(documents=[pb.Document(id=i, text=f"Seed {i}.") for i in KNOWN_IDS]))
+            await stubs.documents.Upsert(
+                pb.UpsertRequest(documents=[pb.Document(id=i, text=f"Seed {i}.") for i in KNOWN_IDS])
+            )
             yield FuzzServer(stubs, channel, store, data_dir)
         await server.stop(0)
 
@@ -108,15 +120,23 @@ async def test_embed(fuzz: FuzzServer, request: pb.EmbedRequest) -> None:
 @FUZZ
 @given(request=values.retrieve_requests())
 async def test_retrieve(fuzz: FuzzServer, request: pb.RetrieveRequest) -> None:
-    await check(fuzz.stubs, lambda: fuzz.stubs.retrieve.Retrieve(request, timeout=CALL_TIMEOUT_S), writes=False)
+    await check(
+        fuzz.stubs, lambda: fuzz.stubs.retrieve.Retrieve(request, timeout=CALL_TIMEOUT_S), writes=False
+    )
 
 
 @FUZZ
 @given(request=values.generate_requests())
 # Found by the fuzzer: dividing float32 logits by this temperature gave NaN probabilities (INTERNAL).
-@example(request=pb.GenerateRequest(prompt="Say hi.", sampling=pb.SamplingParams(max_tokens=1, temperature=1e-45)))
+@example(
+    request=pb.GenerateRequest(prompt="Say hi.", sampling=pb.SamplingParams(max_tokens=1, temperature=1e-45))
+)
 async def test_generate(fuzz: FuzzServer, request: pb.GenerateRequest) -> None:
-    await check(fuzz.stubs, lambda: collect(fuzz.stubs.generate.Generate(request, timeout=CALL_TIMEOUT_S)), writes=False)
+    await check(
+        fuzz.stubs,
+        lambda: collect(fuzz.stubs.generate.Generate(request, timeout=CALL_TIMEOUT_S)),
+        writes=False,
+    )
 
 
 @FUZZ
@@ -124,10 +144,12 @@ async def test_generate(fuzz: FuzzServer, request: pb.GenerateRequest) -> None:
     direction=st.lists(st.floats(-1, 1, width=32), min_size=values.DIMENSION, max_size=values.DIMENSION),
     scale=st.sampled_from([1e-45, 1e-40, 1e-20, 1.0, 1e20, 1e36, 3.4e38]),
 )
-# Found by the fuzzer: in float32 the norm of large values overflowed (a query of zeros) and of tiny ones underflowed.
+# Found by the fuzzer: a float32 norm of huge values overflowed (a query of zeros), of tiny ones underflowed.
 @example(direction=[1.0] * values.DIMENSION, scale=3.4e38)
 @example(direction=[1.0] * values.DIMENSION, scale=1e-45)
-async def test_retrieve_by_vector_does_not_depend_on_its_length(fuzz: FuzzServer, direction: list[float], scale: float) -> None:
+async def test_retrieve_by_vector_does_not_depend_on_its_length(
+    fuzz: FuzzServer, direction: list[float], scale: float
+) -> None:
     peak = max(abs(x) for x in direction)
     assume(peak > 0)
     scaled = (np.asarray(direction, dtype=np.float64) / peak * scale).astype(np.float32)
@@ -216,31 +238,75 @@ async def test_random_bytes(fuzz: FuzzServer, method: str, payload: bytes) -> No
 
 
 MARKER = "\x01MARKER\x01"
-NOT_UTF8 = b"\xff\xfe\xc3\x28\xed\xa0\x80\xc0"  # same length as the marker's UTF-8 bytes, so lengths stay valid
+NOT_UTF8 = (
+    b"\xff\xfe\xc3\x28\xed\xa0\x80\xc0"  # same length as the marker's UTF-8 bytes, so lengths stay valid
+)
 assert len(NOT_UTF8) == len(MARKER.encode())
 
 # One request per string field of the API; each carries MARKER where the invalid bytes will go.
 STRING_FIELDS: list[tuple[str, str, object]] = [
     ("embed texts", "/rag_grpc.v1.EmbedService/Embed", pb.EmbedRequest(texts=["fine", MARKER])),
     ("retrieve text", "/rag_grpc.v1.RetrieveService/Retrieve", pb.RetrieveRequest(text=MARKER)),
-    ("retrieve filter key", "/rag_grpc.v1.RetrieveService/Retrieve", pb.RetrieveRequest(text="a", filter={MARKER: "v"})),
-    ("retrieve filter value", "/rag_grpc.v1.RetrieveService/Retrieve", pb.RetrieveRequest(text="a", filter={"k": MARKER})),
+    (
+        "retrieve filter key",
+        "/rag_grpc.v1.RetrieveService/Retrieve",
+        pb.RetrieveRequest(text="a", filter={MARKER: "v"}),
+    ),
+    (
+        "retrieve filter value",
+        "/rag_grpc.v1.RetrieveService/Retrieve",
+        pb.RetrieveRequest(text="a", filter={"k": MARKER}),
+    ),
     ("generate prompt", "/rag_grpc.v1.GenerateService/Generate", pb.GenerateRequest(prompt=MARKER)),
-    ("generate role", "/rag_grpc.v1.GenerateService/Generate", pb.GenerateRequest(messages=[pb.ChatMessage(role=MARKER, content="x")])),
-    ("generate content", "/rag_grpc.v1.GenerateService/Generate", pb.GenerateRequest(messages=[pb.ChatMessage(role="user", content=MARKER)])),
-    ("generate stop", "/rag_grpc.v1.GenerateService/Generate", pb.GenerateRequest(prompt="a", sampling=pb.SamplingParams(stop=[MARKER]))),
+    (
+        "generate role",
+        "/rag_grpc.v1.GenerateService/Generate",
+        pb.GenerateRequest(messages=[pb.ChatMessage(role=MARKER, content="x")]),
+    ),
+    (
+        "generate content",
+        "/rag_grpc.v1.GenerateService/Generate",
+        pb.GenerateRequest(messages=[pb.ChatMessage(role="user", content=MARKER)]),
+    ),
+    (
+        "generate stop",
+        "/rag_grpc.v1.GenerateService/Generate",
+        pb.GenerateRequest(prompt="a", sampling=pb.SamplingParams(stop=[MARKER])),
+    ),
     ("generate model", "/rag_grpc.v1.GenerateService/Generate", pb.GenerateRequest(prompt="a", model=MARKER)),
-    ("generate retrieval filter", "/rag_grpc.v1.GenerateService/Generate", pb.GenerateRequest(prompt="a", retrieval=pb.RetrievalOptions(filter={"k": MARKER}))),
-    ("upsert id", "/rag_grpc.v1.DocumentService/Upsert", pb.UpsertRequest(documents=[pb.Document(id=MARKER, text="t")])),
-    ("upsert text", "/rag_grpc.v1.DocumentService/Upsert", pb.UpsertRequest(documents=[pb.Document(id="ok", text=MARKER)])),
-    ("upsert metadata", "/rag_grpc.v1.DocumentService/Upsert", pb.UpsertRequest(documents=[pb.Document(id="ok", text="t", metadata={"k": MARKER})])),
+    (
+        "generate retrieval filter",
+        "/rag_grpc.v1.GenerateService/Generate",
+        pb.GenerateRequest(prompt="a", retrieval=pb.RetrievalOptions(filter={"k": MARKER})),
+    ),
+    (
+        "upsert id",
+        "/rag_grpc.v1.DocumentService/Upsert",
+        pb.UpsertRequest(documents=[pb.Document(id=MARKER, text="t")]),
+    ),
+    (
+        "upsert text",
+        "/rag_grpc.v1.DocumentService/Upsert",
+        pb.UpsertRequest(documents=[pb.Document(id="ok", text=MARKER)]),
+    ),
+    (
+        "upsert metadata",
+        "/rag_grpc.v1.DocumentService/Upsert",
+        pb.UpsertRequest(documents=[pb.Document(id="ok", text="t", metadata={"k": MARKER})]),
+    ),
     ("delete ids", "/rag_grpc.v1.DocumentService/Delete", pb.DeleteRequest(ids=[KNOWN_IDS[0], MARKER])),
-    ("ingest text", "/rag_grpc.v1.DocumentService/Ingest", pb.IngestRequest(documents=[pb.Document(id="ok", text=MARKER)])),
+    (
+        "ingest text",
+        "/rag_grpc.v1.DocumentService/Ingest",
+        pb.IngestRequest(documents=[pb.Document(id="ok", text=MARKER)]),
+    ),
 ]
 
 
 @pytest.mark.parametrize(("field", "method", "template"), STRING_FIELDS, ids=[f[0] for f in STRING_FIELDS])
-async def test_invalid_utf8_in_a_string_field_is_invalid_argument(fuzz: FuzzServer, field: str, method: str, template: pb.EmbedRequest) -> None:
+async def test_invalid_utf8_in_a_string_field_is_invalid_argument(
+    fuzz: FuzzServer, field: str, method: str, template: pb.EmbedRequest
+) -> None:
     wire = template.SerializeToString()
     assert wire.count(MARKER.encode()) == 1
     payload = wire.replace(MARKER.encode(), NOT_UTF8)
@@ -251,25 +317,37 @@ async def test_invalid_utf8_in_a_string_field_is_invalid_argument(fuzz: FuzzServ
 
 
 async def test_invalid_utf8_after_good_ingest_messages_keeps_them(fuzz: FuzzServer) -> None:
-    good = pb.IngestRequest(documents=[pb.Document(id="utf8-good", text="Stored before the broken message.")]).SerializeToString()
-    broken = pb.IngestRequest(documents=[pb.Document(id="utf8-bad", text=MARKER)]).SerializeToString().replace(MARKER.encode(), NOT_UTF8)
+    good = pb.IngestRequest(
+        documents=[pb.Document(id="utf8-good", text="Stored before the broken message.")]
+    ).SerializeToString()
+    broken = (
+        pb.IngestRequest(documents=[pb.Document(id="utf8-bad", text=MARKER)])
+        .SerializeToString()
+        .replace(MARKER.encode(), NOT_UTF8)
+    )
 
     async def stream() -> AsyncIterator[bytes]:
         yield good
         yield broken
 
     size, version = await _index(fuzz.stubs)
-    code, details = await _status_of(fuzz.channel.stream_unary("/rag_grpc.v1.DocumentService/Ingest")(stream()))
+    code, details = await _status_of(
+        fuzz.channel.stream_unary("/rag_grpc.v1.DocumentService/Ingest")(stream())
+    )
     assert (code, details.split(":")[0]) == (grpc.StatusCode.INVALID_ARGUMENT, "requests[1]")
     assert await _index(fuzz.stubs) == (size + 1, version + 1)
 
 
-async def test_zz_the_log_of_everything_accepted_replays_to_the_same_index(fuzz: FuzzServer, tmp_path: Path) -> None:
+async def test_zz_the_log_of_everything_accepted_replays_to_the_same_index(
+    fuzz: FuzzServer, tmp_path: Path
+) -> None:
     """Runs last in this module: hostile documents that were stored must survive a crash exactly."""
     live = await fuzz.store.export_state()
     crashed = tmp_path / "crashed"
     shutil.copytree(fuzz.data_dir, crashed, ignore=shutil.ignore_patterns("LOCK"))
-    async with DurableVectorStore(FaissVectorStore(fuzz.store.dimension, "cpu"), crashed, snapshot_interval_s=0) as replayed:
+    async with DurableVectorStore(
+        FaissVectorStore(fuzz.store.dimension, "cpu"), crashed, snapshot_interval_s=0
+    ) as replayed:
         state = await replayed.export_state()
     assert state.version == live.version
     assert {d.id: d for d in state.documents} == {d.id: d for d in live.documents}

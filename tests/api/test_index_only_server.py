@@ -28,9 +28,14 @@ async def index_only(engines: Engines, settings: Settings) -> AsyncIterator[Stub
 
 
 async def test_generate_is_refused_and_the_rest_works(index_only: Stubs) -> None:
-    error = await expect_status(collect(index_only.generate.Generate(pb.GenerateRequest(prompt="hi"))), grpc.StatusCode.FAILED_PRECONDITION)
+    error = await expect_status(
+        collect(index_only.generate.Generate(pb.GenerateRequest(prompt="hi"))),
+        grpc.StatusCode.FAILED_PRECONDITION,
+    )
     assert (error.details() or "").startswith("model:")
-    await expect_status(collect(index_only.generate.Generate(pb.GenerateRequest())), grpc.StatusCode.INVALID_ARGUMENT)
+    await expect_status(
+        collect(index_only.generate.Generate(pb.GenerateRequest())), grpc.StatusCode.INVALID_ARGUMENT
+    )
     info = await index_only.info.Info(pb.InfoRequest())
     assert list(info.generators) == []
     assert len((await index_only.embed.Embed(pb.EmbedRequest(texts=["still embeds"]))).embeddings) == 1

@@ -40,7 +40,9 @@ class ServerProcess:
         deadline = time.monotonic() + START_TIMEOUT_S
         while not self._port_file.exists():
             if self._process.poll() is not None:
-                raise RuntimeError(f"server exited with {self._process.returncode}:\n{self.log_text()[-3000:]}")
+                raise RuntimeError(
+                    f"server exited with {self._process.returncode}:\n{self.log_text()[-3000:]}"
+                )
             if time.monotonic() > deadline:
                 self.kill()
                 raise TimeoutError(f"server did not start in {START_TIMEOUT_S} s:\n{self.log_text()[-3000:]}")

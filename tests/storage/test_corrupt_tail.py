@@ -19,7 +19,14 @@ pytestmark = pytest.mark.slow
 
 
 def _documents(batch: int) -> list[pb.Document]:
-    return [pb.Document(id=f"b{batch}-d{n}", text=f"Batch {batch}, note {n}, about tide pools.", metadata={"batch": str(batch)}) for n in range(3)]
+    return [
+        pb.Document(
+            id=f"b{batch}-d{n}",
+            text=f"Batch {batch}, note {n}, about tide pools.",
+            metadata={"batch": str(batch)},
+        )
+        for n in range(3)
+    ]
 
 
 async def _upsert(target: str, batches: range) -> None:
@@ -52,7 +59,9 @@ def _tear_last_record(data_dir: Path) -> None:
     segment.write_bytes(bytes(data[: start + last // 2]))
 
 
-async def test_a_torn_and_scrambled_last_record_is_skipped_and_earlier_documents_served(tmp_path: Path) -> None:
+async def test_a_torn_and_scrambled_last_record_is_skipped_and_earlier_documents_served(
+    tmp_path: Path,
+) -> None:
     # No snapshots: every write stays in the log.
     server = ServerProcess(tmp_path, "--snapshot-interval-s", "0", "--snapshot-wal-max-bytes", "0")
     target = server.start()

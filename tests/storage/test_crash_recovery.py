@@ -26,7 +26,9 @@ pytestmark = pytest.mark.slow
 
 ROUNDS = int(os.environ.get("RAG_GRPC_CRASH_ROUNDS", "20"))
 WRITERS = 3
-WORDS = "amber basalt cobalt dune ember fjord glacier harbor iris jade kelp lagoon mesa nectar onyx prairie quartz reef".split()
+WORDS = (
+    "amber basalt cobalt dune ember fjord glacier harbor iris jade kelp lagoon mesa nectar onyx reef".split()
+)
 # Any unit vector: a filtered search returns every match whatever the query (no min_score).
 PROBE = pb.Vector(values=(np.ones(384, dtype=np.float32) / np.sqrt(384)).tolist())
 
@@ -50,8 +52,13 @@ def _batch(rng: random.Random, batch_id: str) -> list[pb.Document]:
     ]
 
 
-async def _write_until_killed(stub: pb_grpc.DocumentServiceStub, ledger: Ledger, prefix: str, rng: random.Random,
-                              first_ack: asyncio.Event) -> None:
+async def _write_until_killed(
+    stub: pb_grpc.DocumentServiceStub,
+    ledger: Ledger,
+    prefix: str,
+    rng: random.Random,
+    first_ack: asyncio.Event,
+) -> None:
     for n in range(100_000):
         batch_id = f"{prefix}-b{n}"
         ledger.sent[batch_id] = documents = _batch(rng, batch_id)
@@ -80,7 +87,9 @@ async def _verify(channel: grpc.aio.Channel, ledger: Ledger, rng: random.Random)
     for batch_id, hits in zip(batch_ids, found, strict=True):
         sent = {d.id: d for d in ledger.sent[batch_id]}
         if batch_id in ledger.acknowledged or hits:
-            assert sorted(h.id for h in hits) == sorted(sent), f"batch {batch_id} is partial: {[h.id for h in hits]}"
+            assert sorted(h.id for h in hits) == sorted(sent), (
+                f"batch {batch_id} is partial: {[h.id for h in hits]}"
+            )
             for hit in hits:
                 assert (hit.text, dict(hit.metadata)) == (sent[hit.id].text, dict(sent[hit.id].metadata))
             present += 1

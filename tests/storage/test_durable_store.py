@@ -69,7 +69,9 @@ async def test_acknowledged_writes_survive_a_crash_and_a_clean_restart(tmp_path:
     for directory in (crashed, tmp_path / "data"):  # replay of the log alone; the final snapshot
         async with _store(directory) as reopened:
             _assert_same(await reopened.export_state(), live)
-            (result,) = await reopened.search([SearchQuery(vector=live.vectors[0], top_k=1, filter={"group": "a"})])
+            (result,) = await reopened.search(
+                [SearchQuery(vector=live.vectors[0], top_k=1, filter={"group": "a"})]
+            )
             assert [h.id for h in result.hits] == ["a1"] and result.index_version == 3
             assert await reopened.upsert(_docs("d1"), _vectors(1, 3)) == 4  # the version goes on from there
 

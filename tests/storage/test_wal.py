@@ -64,7 +64,9 @@ def test_records_round_trip_exactly(tmp_path: Path) -> None:
 
 
 def test_a_lone_surrogate_round_trips(tmp_path: Path) -> None:
-    record = UpsertRecord(1, [Document("s", "half a pair: \ud800", {"\udfff": "x"})], np.ones((1, DIMENSION), np.float32))
+    record = UpsertRecord(
+        1, [Document("s", "half a pair: \ud800", {"\udfff": "x"})], np.ones((1, DIMENSION), np.float32)
+    )
     path = _write_log(tmp_path, [record])
     _assert_same(read_segment(path, is_last=True), [record])
 

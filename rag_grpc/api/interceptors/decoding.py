@@ -71,7 +71,9 @@ class RequestDecodingInterceptor(AroundCallInterceptor):
             return None
         return handler._replace(request_deserializer=_tolerant(handler.request_deserializer))
 
-    async def around_call(self, behavior: Behavior, request: Any, context: grpc.aio.ServicerContext, method: str) -> Any:
+    async def around_call(
+        self, behavior: Behavior, request: Any, context: grpc.aio.ServicerContext, method: str
+    ) -> Any:
         return await behavior(_checked(request), context)
 
     async def around_stream(
