@@ -41,7 +41,8 @@ def test_make_serve_then_smoke_script_then_clean_shutdown(tmp_path: Path) -> Non
     log_path = tmp_path / "serve.log"
     with log_path.open("wb") as log:
         server = subprocess.Popen(
-            ["make", "-s", "serve", f"PORT={port}"], cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+            ["make", "-s", "serve", f"PORT={port}", f"DATA_DIR={tmp_path / 'data'}"],
+            cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
         )
     try:
         assert _wait_serving(target, timeout=180), log_path.read_text()[-3000:]
@@ -62,3 +63,5 @@ def test_make_serve_then_smoke_script_then_clean_shutdown(tmp_path: Path) -> Non
         server.wait(timeout=60)
     log_text = log_path.read_text()
     assert "shutdown_complete" in log_text, log_text[-3000:]
+    # make serve persists its index; a clean stop leaves a snapshot of it.
+    assert list((tmp_path / "data").glob("snapshot-*.snap")), log_text[-3000:]
