@@ -1,6 +1,6 @@
 """Gives every call a deadline. Callers' own deadlines are enforced by gRPC itself (the handler is
 cancelled, which aborts engine work); a call that sets none gets the server's ceiling, so no call
-can hold an engine forever. Innermost in the chain, so DeadlineExceeded goes through the error map."""
+can hold an engine forever. Inside the error mapping, so DeadlineExceeded goes through the error map."""
 
 from __future__ import annotations
 
