@@ -12,6 +12,7 @@ import pytest
 
 from rag_grpc.api.server import RagServer
 from rag_grpc.engines import Engines
+from rag_grpc.engines.factory import with_search_batching
 from rag_grpc.engines.faiss_store import FaissVectorStore
 from rag_grpc.service import RagService
 from rag_grpc.settings import Settings
@@ -41,8 +42,10 @@ def _durable(data_dir: Path, dimension: int) -> DurableVectorStore:
 
 @pytest.fixture
 async def durable_target(engines: Engines, settings: Settings, tmp_path: Path) -> AsyncIterator[str]:
-    """A second server sharing the session's models, with its index in tmp_path/data."""
-    async with _durable(tmp_path / "data", engines.embedder.dimension) as store:
+    """A second server sharing the session's models, with its index in tmp_path/data, stacked as the
+    factory stacks it: the search batcher around the durable store (snapshot() passes through it)."""
+    durable = _durable(tmp_path / "data", engines.embedder.dimension)
+    async with durable, with_search_batching(settings, durable) as store:
         service = RagService(Engines(engines.embedder, store, engines.generators), settings)
         server = RagServer(settings, service)
         port = await server.start()
