@@ -1,5 +1,5 @@
 """The domain exception hierarchy. Engines and the service raise these; exactly one place
-(`rag_grpc.grpc_api.status.status_for`) turns them into gRPC status codes."""
+(`rag_grpc.api.status.status_for`) turns them into gRPC status codes."""
 
 from __future__ import annotations
 

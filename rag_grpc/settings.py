@@ -9,10 +9,19 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import BaseModel, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 Device = Literal["auto", "cpu", "cuda"]
+
+
+class RateLimitRule(BaseModel):
+    """Token buckets that every caller gets for each method the rule covers (0 switches a bucket off)."""
+
+    requests_per_s: float = Field(0.0, ge=0, description="Requests refilled per second.")
+    request_burst: int = Field(0, ge=0, description="Requests a caller may make at once; 0 means max(1, requests_per_s).")
+    tokens_per_s: float = Field(0.0, ge=0, description="Estimated tokens refilled per second (prompt + max_tokens, embedded text).")
+    token_burst: int = Field(0, ge=0, description="Tokens a caller may spend at once; 0 means max(1, tokens_per_s).")
 
 
 class Settings(BaseSettings):
@@ -145,6 +154,81 @@ class Settings(BaseSettings):
     )
     cache_retrieval_max_entries: int = Field(10_000, ge=1, description="Retrieval results the memory cache keeps.")
     cache_generation_max_entries: int = Field(2_000, ge=1, description="Generate answers the memory cache keeps.")
+    # --- interceptors: authentication and TLS
+    api_keys: SecretStr | None = Field(
+        None,
+        description="API keys as comma-separated 'name:role:key' entries (role: read-only or read-write). Only "
+        "their SHA-256 hashes are kept. No keys (here or in api_keys_file) switches authentication off.",
+    )
+    api_keys_file: Path | None = Field(
+        None,
+        description="File of API keys, one 'name role sha256-hex' line each ('#' starts a comment); "
+        "`rag-grpc new-api-key` prints such a line.",
+    )
+    auth_open_health_and_reflection: bool = Field(
+        True, description="Let health checks and reflection through without an API key."
+    )
+    tls_cert_file: Path | None = Field(None, description="PEM server certificate chain; set with tls_key_file to serve TLS.")
+    tls_key_file: Path | None = Field(None, description="PEM private key of tls_cert_file.")
+    tls_client_ca_file: Path | None = Field(
+        None, description="PEM CA bundle; when set, clients must present a certificate it signed (mutual TLS)."
+    )
+
+    # --- interceptors: rate limiting and admission
+    rate_limits: dict[str, RateLimitRule] = Field(
+        default_factory=dict,
+        description="JSON object from method to RateLimitRule: keys are a method name ('Generate'), a full "
+        "method ('/rag_grpc.v1.GenerateService/Generate'), a service ('rag_grpc.v1.EmbedService') or '*' "
+        "(the API's services; health and reflection only when named); the most specific key applies and "
+        "each caller gets its own buckets per method. Empty: no limits.",
+    )
+    rate_limit_backend: Literal["memory", "redis"] = Field(
+        "memory", description="Where buckets live: this process, or Redis so that every replica shares one limit."
+    )
+    # Secret: the URL may carry a password, so it stays out of reprs and logs.
+    rate_limit_redis_url: SecretStr = Field(
+        SecretStr("redis://127.0.0.1:6379/0"), description="Redis for rate_limit_backend=redis (redis:// or rediss://)."
+    )
+    rate_limit_redis_timeout_s: float = Field(0.25, gt=0, description="Longest wait for Redis on one check.")
+    rate_limit_fail_open: bool = Field(
+        True, description="When Redis cannot answer, let the call through (true) or refuse it with UNAVAILABLE (false)."
+    )
+    rate_limit_key_prefix: str = Field("rag-grpc:rl:", description="Prefix of the Redis keys of the buckets.")
+    max_concurrent_generations: int = Field(16, ge=1, description="Generate calls running at once; more wait in a queue.")
+    max_queued_generations: int = Field(
+        64, ge=0, description="Generate calls that may wait for a slot; beyond this the server answers UNAVAILABLE at once."
+    )
+    max_generations_per_caller: int = Field(
+        0, ge=0, description="Generate calls one caller may have running or queued (0: no per-caller quota); "
+        "beyond it the caller gets RESOURCE_EXHAUSTED at once.",
+    )
+
+    # --- interceptors: metrics and logging
+    metrics_port: int | None = Field(
+        None, ge=0, le=65535, description="Port of the Prometheus /metrics HTTP endpoint; 0 or unset disables it."
+    )
+    metrics_host: str = Field("127.0.0.1", description="Address the metrics endpoint binds to.")
+    log_payloads: bool = Field(
+        False, description="Log request bodies (prompts, documents) in the per-call log line; for debugging only."
+    )
+
+    @field_validator("rate_limits", mode="before")
+    @classmethod
+    def _rules_from_json(cls, value: object) -> object:
+        # The CLI hands over strings; the environment is parsed as JSON by pydantic-settings already.
+        if isinstance(value, str):
+            import json
+
+            return json.loads(value) if value.strip() else {}
+        return value
+
+    @model_validator(mode="after")
+    def _tls_pair(self) -> Settings:
+        if (self.tls_cert_file is None) != (self.tls_key_file is None):
+            raise ValueError("tls_cert_file and tls_key_file must be set together")
+        if self.tls_client_ca_file is not None and self.tls_cert_file is None:
+            raise ValueError("tls_client_ca_file (mutual TLS) needs tls_cert_file and tls_key_file")
+        return self
 
     # --- durability (rag_grpc/storage)
     data_dir: Path | None = Field(

@@ -19,6 +19,7 @@ import redis
 from grpc_health.v1 import health_pb2_grpc
 
 from rag_grpc.api.server import RagServer
+from rag_grpc.app import build_interceptors
 from rag_grpc.engines import Engines, open_engines
 from rag_grpc.service import RagService
 from rag_grpc.settings import Settings
@@ -44,7 +45,8 @@ async def service(engines: Engines, settings: Settings) -> RagService:
 
 @pytest.fixture(scope="session")
 async def server(service: RagService, settings: Settings) -> AsyncIterator[RagServer]:
-    rag_server = RagServer(settings, service)
+    # The default chain (no keys, no rate limits): what `make serve` runs.
+    rag_server = RagServer(settings, service, build_interceptors(settings))
     await rag_server.start()
     yield rag_server
     await rag_server.stop(0)

@@ -23,3 +23,7 @@ async def collect(call: grpc.aio.UnaryStreamCall) -> list[pb.GenerateResponse]:
 
 def doc(doc_id: str, text: str, **metadata: str) -> pb.Document:
     return pb.Document(id=doc_id, text=text, metadata=metadata)
+
+
+def bearer(key: str) -> tuple[tuple[str, str], ...]:
+    return (("authorization", f"Bearer {key}"),)

@@ -1,18 +1,23 @@
-"""RagServer assembles the grpc.aio server: servicers, interceptors, health and reflection."""
+"""RagServer assembles the grpc.aio server: servicers, interceptors, health and reflection, TLS, and
+the metrics endpoint that lives as long as the server."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Sequence
 
 import grpc
 import structlog
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
+from prometheus_client import CollectorRegistry
 
 from rag_grpc.api import servicers
 from rag_grpc.api.interceptors.deadline import DeadlineCeilingInterceptor
 from rag_grpc.api.interceptors.decoding import RequestDecodingInterceptor
 from rag_grpc.api.interceptors.errors import ErrorMappingInterceptor
+from rag_grpc.api.tls import server_credentials
+from rag_grpc.metrics import MetricsHttpServer
 from rag_grpc.service import RagService
 from rag_grpc.settings import Settings
 from rag_grpc.v1 import rag_pb2 as pb
@@ -42,8 +47,15 @@ class RagServer:
         settings: Settings,
         service: RagService,
         interceptors: Sequence[grpc.aio.ServerInterceptor] = (),
+        metrics_registry: CollectorRegistry | None = None,
     ) -> None:
+        """`metrics_registry` is served on settings.metrics_port while the server runs (if both are set)."""
         self._settings = settings
+        self._metrics_http = (
+            MetricsHttpServer(metrics_registry, settings.metrics_host, settings.metrics_port)
+            if settings.metrics_port and metrics_registry is not None
+            else None
+        )
         self.health = health.aio.HealthServicer()
         # Outermost first. Error mapping sits inside the configured interceptors so they see final statuses;
         # the deadline ceiling and request decoding sit inside it, so that DeadlineExceeded and an unparsable
@@ -67,19 +79,38 @@ class RagServer:
 
     async def start(self) -> int:
         """Binds, starts and reports SERVING; returns the bound port (useful with port 0)."""
-        self.port = self._server.add_insecure_port(self._settings.address)
+        credentials = server_credentials(self._settings)
+        if credentials is None:
+            self.port = self._server.add_insecure_port(self._settings.address)
+        else:
+            self.port = self._server.add_secure_port(self._settings.address, credentials)
         if self.port == 0:
             raise OSError(f"could not bind {self._settings.address}")
+        if self._metrics_http is not None:
+            self._metrics_http.start()
         await self._server.start()
         for name in (health.OVERALL_HEALTH, *SERVICE_NAMES):
             await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
-        log.info("server_started", address=f"{self._settings.host}:{self.port}")
+        tls = "off" if credentials is None else "mutual" if self._settings.tls_client_ca_file else "on"
+        log.info(
+            "server_started",
+            address=f"{self._settings.host}:{self.port}",
+            tls=tls,
+            metrics_port=self.metrics_port or None,
+        )
         return self.port
+
+    @property
+    def metrics_port(self) -> int:
+        return self._metrics_http.port if self._metrics_http is not None else 0
 
     async def stop(self, grace: float | None) -> None:
         """Health goes NOT_SERVING first so balancers stop sending, then in-flight calls get `grace` seconds."""
         await self.health.enter_graceful_shutdown()
         await self._server.stop(grace)
+        if self._metrics_http is not None:
+            # shutdown() waits for the serving thread's poll loop (up to half a second): not on the event loop.
+            await asyncio.to_thread(self._metrics_http.stop)
         log.info("server_stopped")
 
     async def wait_for_termination(self) -> None:

@@ -1,10 +1,19 @@
-"""The one map from domain exceptions to gRPC status. Nothing else decides status codes."""
+"""The one map from domain exceptions to gRPC status. Nothing else decides status codes.
+
+Every interceptor or handler that refuses a call raises a domain exception or hands it to `abort`,
+which is the only code that turns one into a status on the wire.
+"""
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
+from typing import NoReturn
 
 import grpc
+from google.protobuf import any_pb2, duration_pb2
+from google.rpc import error_details_pb2, status_pb2
+from grpc_status import rpc_status
 
 from rag_grpc import errors
 
@@ -20,6 +29,7 @@ _CODES: list[tuple[type[errors.RagError], grpc.StatusCode]] = [
 ]
 
 INTERNAL_MESSAGE = "internal error; see server logs"
+RETRY_AFTER_KEY = "retry-after"
 
 
 @dataclass(frozen=True)
@@ -38,3 +48,33 @@ def status_for(exc: BaseException) -> Status:
             retry_after = exc.retry_after_s if isinstance(exc, errors.ResourceExhausted) else None
             return Status(code, exc.message, retry_after)
     return Status(grpc.StatusCode.INTERNAL, INTERNAL_MESSAGE)
+
+
+def wire_status(status: Status) -> grpc.Status:
+    """`status` as sent: a google.rpc.Status whose details carry RetryInfo when the caller should come back
+    later, plus a plain `retry-after` trailer (whole seconds, rounded up) for clients that read no details."""
+    proto = status_pb2.Status(code=status.code.value[0], message=status.message)
+    extra: tuple[tuple[str, str], ...] = ()
+    if status.retry_after_s is not None:
+        delay = max(0.0, status.retry_after_s)
+        seconds = int(delay)
+        retry_info = error_details_pb2.RetryInfo(
+            retry_delay=duration_pb2.Duration(seconds=seconds, nanos=int((delay - seconds) * 1e9))
+        )
+        detail = any_pb2.Any()
+        detail.Pack(retry_info)
+        proto.details.append(detail)
+        extra = ((RETRY_AFTER_KEY, str(max(1, math.ceil(delay)))),)
+    converted = rpc_status.to_status(proto)
+    return converted._replace(trailing_metadata=(*converted.trailing_metadata, *extra))  # type: ignore[attr-defined]
+
+
+async def abort(context: grpc.aio.ServicerContext, exc: BaseException) -> NoReturn:
+    """Ends the call with the status for `exc` (raises grpc.aio.AbortError, as context.abort does).
+    Trailing metadata set earlier in the call (the request id) is kept."""
+    status = wire_status(status_for(exc))
+    earlier = tuple(context.trailing_metadata() or ())
+    if earlier:
+        status = status._replace(trailing_metadata=(*earlier, *status.trailing_metadata))  # type: ignore[attr-defined]
+    await context.abort_with_status(status)
+    raise AssertionError("abort_with_status returned")  # pragma: no cover - grpc always raises

@@ -10,6 +10,7 @@ from pathlib import Path
 
 from rag_grpc.engines.base import Embedder, Generator, VectorStore
 from rag_grpc.engines.batching import BatchingEmbedder, BatchingVectorStore
+from rag_grpc.engines.micro_batcher import BatcherStats
 from rag_grpc.engines.model_files import (
     BUNDLED_GENERATOR,
     converted_model_dir,
@@ -57,21 +58,23 @@ def build_vector_store(settings: Settings, dimension: int) -> VectorStore:
     )
 
 
-def with_embed_batching(settings: Settings, embedder: Embedder) -> BatchingEmbedder:
+def with_embed_batching(settings: Settings, embedder: Embedder, stats: BatcherStats | None = None) -> BatchingEmbedder:
     return BatchingEmbedder(
         embedder,
         max_batch_size=settings.embed_batch_max_size,
         max_wait_s=settings.embed_batch_max_wait_ms / 1000.0,
         max_queued_texts=settings.embed_queue_max_texts,
+        stats=stats,
     )
 
 
-def with_search_batching(settings: Settings, store: VectorStore) -> BatchingVectorStore:
+def with_search_batching(settings: Settings, store: VectorStore, stats: BatcherStats | None = None) -> BatchingVectorStore:
     return BatchingVectorStore(
         store,
         max_batch_size=settings.search_batch_max_size,
         max_wait_s=settings.search_batch_max_wait_ms / 1000.0,
         max_queued_queries=settings.search_queue_max_queries,
+        stats=stats,
     )
 
 
@@ -101,10 +104,17 @@ async def build_generator(settings: Settings) -> Generator:
 
 
 @asynccontextmanager
-async def open_engines(settings: Settings, *, with_generator: bool = True) -> AsyncIterator[Engines]:
+async def open_engines(
+    settings: Settings,
+    *,
+    with_generator: bool = True,
+    embed_stats: BatcherStats | None = None,
+    search_stats: BatcherStats | None = None,
+) -> AsyncIterator[Engines]:
     """Starts every engine and stops them in reverse order on exit, also after a failed start.
 
-    `with_generator=False` (benchmarks of embedding and retrieval) leaves `generators` empty.
+    `with_generator=False` (benchmarks of embedding and retrieval) leaves `generators` empty. The stats
+    objects receive the micro-batchers' counts (the metrics exporter passes ones that record batch sizes).
     """
     if settings.torch_threads:
         import torch
@@ -118,9 +128,9 @@ async def open_engines(settings: Settings, *, with_generator: bool = True) -> As
             generators[generator.info.model] = generator
         # Each batching wrapper is left before the engine it wraps, so no batch outlives its engine.
         raw_embedder = await stack.enter_async_context(build_embedder(settings))
-        embedder = await stack.enter_async_context(with_embed_batching(settings, raw_embedder))
+        embedder = await stack.enter_async_context(with_embed_batching(settings, raw_embedder, embed_stats))
         # A durable store is left after the search batcher and before the embedder: its final snapshot
         # follows the last search and write.
         raw_store = await stack.enter_async_context(build_vector_store(settings, embedder.dimension))
-        vector_store = await stack.enter_async_context(with_search_batching(settings, raw_store))
+        vector_store = await stack.enter_async_context(with_search_batching(settings, raw_store, search_stats))
         yield Engines(embedder=embedder, vector_store=vector_store, generators=generators)

@@ -31,6 +31,7 @@ from rag_grpc.domain import (
 )
 from rag_grpc.engines import Engines, Generator
 from rag_grpc.errors import FailedPrecondition, NotFound
+from rag_grpc.metrics import ServiceMetrics
 from rag_grpc.service import cache_entries as entries
 from rag_grpc.service.cache import CacheKind, ResultCache
 from rag_grpc.service.cache_entries import CachedAnswer, IndexState
@@ -67,10 +68,19 @@ def _replay(answer: CachedAnswer, started: float) -> Iterator[GenerateEvent]:
 
 
 class RagService:
-    def __init__(self, engines: Engines, settings: Settings, cache: ResultCache | None = None) -> None:
+    def __init__(
+        self,
+        engines: Engines,
+        settings: Settings,
+        cache: ResultCache | None = None,
+        metrics: ServiceMetrics | None = None,
+    ) -> None:
         self.engines = engines
         self.settings = settings
         self.cache = cache or ResultCache.disabled()
+        # Without a registry of its own the metrics are recorded where nobody scrapes them.
+        self.metrics = metrics if metrics is not None else ServiceMetrics()
+        self.metrics.watch_index(lambda: engines.vector_store.size)
         self._validate = Validator(settings)
         # Cached retrieval results are valid for this process's index only (see cache_entries.py).
         self._index_identity = uuid.uuid4().hex
@@ -79,6 +89,12 @@ class RagService:
         return IndexState(self._index_identity, version)
 
     # --- embeddings and retrieval
+
+    async def _embed(self, texts: Sequence[str]) -> EmbeddingBatch:
+        """Every embedding the service computes (cache hits excluded) goes through here."""
+        batch = await self.engines.embedder.embed(texts)
+        self.metrics.embed_tokens.inc(sum(batch.token_counts))
+        return batch
 
     async def embed(self, texts: Sequence[str]) -> EmbedResult:
         texts = self._validate.texts("texts", texts)
@@ -93,7 +109,7 @@ class RagService:
         """
         embedder = self.engines.embedder
         if not self.cache.enabled(CacheKind.EMBEDDING):
-            return await embedder.embed(texts), [False] * len(texts)
+            return await self._embed(texts), [False] * len(texts)
         keys = [entries.embedding_key(embedder.info.model, text) for text in texts]
         found = await self.cache.get_many(CacheKind.EMBEDDING, keys)
         missing = [i for i, value in enumerate(found) if value is None]
@@ -103,7 +119,7 @@ class RagService:
             if value is not None:
                 vectors[i], counts[i] = entries.decode_embedding(value)
         if missing:
-            fresh = await embedder.embed([texts[i] for i in missing])
+            fresh = await self._embed([texts[i] for i in missing])
             for row, i in enumerate(missing):
                 vectors[i], counts[i] = fresh.vectors[row], fresh.token_counts[row]
             fresh_entries = [(keys[i], entries.encode_embedding(vectors[i], counts[i])) for i in missing]
@@ -111,6 +127,13 @@ class RagService:
         return EmbeddingBatch(vectors=vectors, token_counts=counts), [value is not None for value in found]
 
     async def retrieve(self, request: RetrieveInput) -> SearchResult:
+        started = time.perf_counter()
+        result = await self._retrieve(request)
+        self.metrics.retrieve_seconds.observe(time.perf_counter() - started)
+        self.metrics.retrieve_results.observe(len(result.hits))
+        return result
+
+    async def _retrieve(self, request: RetrieveInput) -> SearchResult:
         store = self.engines.vector_store
         text, query, top_k = self._validate.retrieve(request, store.dimension)
         filter_, min_score = dict(request.filter), request.min_score
@@ -143,7 +166,7 @@ class RagService:
 
     async def upsert(self, documents: Sequence[Document], field: str = "documents") -> WriteResult:
         documents = self._validate.documents(field, documents)
-        batch = await self.engines.embedder.embed([d.text for d in documents])
+        batch = await self._embed([d.text for d in documents])
         version = await self.engines.vector_store.upsert(documents, batch.vectors)
         return WriteResult(count=len(documents), index_version=version)
 
@@ -273,26 +296,45 @@ class RagService:
 
         request_id = uuid.uuid4().hex
         engine_request = GenerationRequest(request_id=request_id, messages=messages, sampling=sampling)
+        model = generator.info.model
         ttft_ms = 0.0
         completion_tokens = 0
-        async with aclosing(generator.generate(engine_request)) as chunks:
-            async for chunk in chunks:
-                completion_tokens += chunk.token_count
-                if chunk.text:
-                    if not ttft_ms:
-                        ttft_ms = _ms_since(started)
-                    yield DeltaEvent(text=chunk.text, token_count=chunk.token_count)
-                if chunk.finish_reason is not None:
-                    yield FinalEvent(
-                        finish_reason=chunk.finish_reason,
-                        prompt_tokens=chunk.prompt_tokens,
-                        completion_tokens=completion_tokens,
-                        retrieval_ms=retrieval_ms,
-                        time_to_first_token_ms=ttft_ms,
-                        total_ms=_ms_since(started),
-                        request_id=request_id,
-                        model=generator.info.model,
-                    )
-                    return
-        # An engine that ends without a finish reason was shut down under us.
-        yield FinalEvent(FinishReason.CANCELLED, 0, completion_tokens, retrieval_ms, ttft_ms, _ms_since(started), request_id, generator.info.model)
+        last_delta_at = 0.0
+        finish = "abort"  # what is recorded if the caller goes away (GeneratorExit/CancelledError) first
+        try:
+            async with aclosing(generator.generate(engine_request)) as chunks:
+                async for chunk in chunks:
+                    completion_tokens += chunk.token_count
+                    if chunk.text:
+                        now = time.perf_counter()
+                        if not ttft_ms:
+                            ttft_ms = (now - started) * 1000.0
+                            self.metrics.time_to_first_token.labels(model).observe(now - started)
+                        else:
+                            self.metrics.inter_token_latency.labels(model).observe(now - last_delta_at)
+                        last_delta_at = now
+                        yield DeltaEvent(text=chunk.text, token_count=chunk.token_count)
+                    if chunk.finish_reason is not None:
+                        finish = chunk.finish_reason.value
+                        self.metrics.prompt_tokens.labels(model).inc(chunk.prompt_tokens)
+                        yield FinalEvent(
+                            finish_reason=chunk.finish_reason,
+                            prompt_tokens=chunk.prompt_tokens,
+                            completion_tokens=completion_tokens,
+                            retrieval_ms=retrieval_ms,
+                            time_to_first_token_ms=ttft_ms,
+                            total_ms=_ms_since(started),
+                            request_id=request_id,
+                            model=model,
+                        )
+                        return
+            # An engine that ends without a finish reason was shut down under us.
+            finish = FinishReason.CANCELLED.value
+            yield FinalEvent(FinishReason.CANCELLED, 0, completion_tokens, retrieval_ms, ttft_ms, _ms_since(started), request_id, model)
+        except Exception:
+            finish = "error"
+            raise
+        finally:
+            self.metrics.finished.labels(model, finish).inc()
+            self.metrics.generation_tokens.labels(model).inc(completion_tokens)
+            self.metrics.request_generation_tokens.labels(model).observe(completion_tokens)

@@ -6,19 +6,22 @@ It sits innermost in the chain so that the interceptors outside it see final sta
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from contextlib import aclosing
 from typing import Any, NoReturn
 
 import grpc
 import structlog
 
-from rag_grpc.api.interceptors.base import AroundCallInterceptor, Behavior
-from rag_grpc.api.status import status_for
+from rag_grpc.api import status
+from rag_grpc.api.interceptors.base import AroundCallInterceptor, Behavior, RpcMethod, call_gone
 
 log = structlog.get_logger(__name__)
 
 
 class ErrorMappingInterceptor(AroundCallInterceptor):
-    async def around_call(self, behavior: Behavior, request: Any, context: grpc.aio.ServicerContext, method: str) -> Any:
+    async def around_call(
+        self, behavior: Behavior, request: Any, context: grpc.aio.ServicerContext, method: RpcMethod
+    ) -> Any:
         try:
             return await behavior(request, context)
         except grpc.aio.AbortError:
@@ -27,11 +30,12 @@ class ErrorMappingInterceptor(AroundCallInterceptor):
             await self._abort(exc, context, method)
 
     async def around_stream(
-        self, behavior: Behavior, request: Any, context: grpc.aio.ServicerContext, method: str
+        self, behavior: Behavior, request: Any, context: grpc.aio.ServicerContext, method: RpcMethod
     ) -> AsyncIterator[Any]:
         try:
-            async for message in behavior(request, context):
-                yield message
+            async with aclosing(behavior(request, context)) as messages:
+                async for message in messages:
+                    yield message
         except grpc.aio.AbortError:
             raise
         except Exception as exc:
@@ -39,9 +43,9 @@ class ErrorMappingInterceptor(AroundCallInterceptor):
 
     @staticmethod
     async def _abort(exc: Exception, context: grpc.aio.ServicerContext, method: str) -> NoReturn:
-        status = status_for(exc)
-        if status.code == grpc.StatusCode.INTERNAL:
+        if call_gone(exc):
+            # The client left while we wrote: there is nobody to send a status to, and nothing to report.
+            raise exc
+        if status.status_for(exc).code == grpc.StatusCode.INTERNAL:
             log.error("unhandled_error", method=method, exc_info=exc)
-        if status.retry_after_s is not None:
-            context.set_trailing_metadata((("retry-after", str(max(1, round(status.retry_after_s)))),))
-        await context.abort(status.code, status.message)
+        await status.abort(context, exc)
