@@ -7,7 +7,7 @@ keys, limits and metrics registry are its own; the engines are shared and loaded
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -17,10 +17,13 @@ from prometheus_client import CollectorRegistry
 from rag_grpc.api.server import RagServer
 from rag_grpc.app import build_interceptors
 from rag_grpc.engines import Engines
+from rag_grpc.engines.factory import with_embed_batching, with_search_batching
 from rag_grpc.limits.admission import Admission
 from rag_grpc.limits.rate_limiter import build_rate_limiter
 from rag_grpc.metrics import GrpcMetrics, ServiceMetrics
+from rag_grpc.metrics_adapters import BatchSizeMetrics, CacheMetrics
 from rag_grpc.service import RagService
+from rag_grpc.service.cache import open_result_cache
 from rag_grpc.settings import Settings
 from tests.conftest import Stubs
 
@@ -54,29 +57,60 @@ class RunningServer:
         return self.registry.get_sample_value(name, labels) or 0.0
 
 
+async def _metered_engines(engines: Engines, settings: Settings, metrics: ServiceMetrics, stack: AsyncExitStack) -> Engines:
+    """The session's models behind micro-batchers of our own (left when `stack` closes), whose batch
+    sizes go to `metrics`, as open_engines sets them up in `rag-grpc serve`."""
+    embedder = with_embed_batching(settings, engines.embedder.inner, BatchSizeMetrics(metrics.embed_batch_size))  # type: ignore[attr-defined]
+    store = with_search_batching(settings, engines.vector_store.inner, BatchSizeMetrics(metrics.search_batch_size))  # type: ignore[attr-defined]
+    return Engines(
+        embedder=await stack.enter_async_context(embedder),
+        vector_store=await stack.enter_async_context(store),
+        generators=engines.generators,
+    )
+
+
 @asynccontextmanager
 async def serving(
-    engines: Engines, base: Settings, *, secure_channel: grpc.ChannelCredentials | None = None, **overrides: Any
+    engines: Engines,
+    base: Settings,
+    *,
+    secure_channel: grpc.ChannelCredentials | None = None,
+    full_service: bool = False,
+    **overrides: Any,
 ) -> AsyncIterator[RunningServer]:
-    """A server built the way `rag-grpc serve` builds one, with `overrides` on the session settings."""
+    """A server built the way `rag-grpc serve` builds one, with `overrides` on the session settings.
+    `full_service` adds what serve() adds around the service: micro-batchers and the result cache,
+    with their metrics."""
     settings = with_overrides(base, **overrides)
     registry = CollectorRegistry()
     admission = Admission.for_generations(settings)
     limiter = build_rate_limiter(settings)
     interceptors = build_interceptors(settings, GrpcMetrics(registry), limiter, admission)
-    service = RagService(engines, settings, metrics=ServiceMetrics(registry))
-    server = RagServer(settings, service, interceptors, metrics_registry=registry)
-    await server.start()
-    running = RunningServer(server, settings, registry, admission)
-    try:
-        if secure_channel is None:
-            running.channel = grpc.aio.insecure_channel(running.target)
-        else:
-            running.channel = grpc.aio.secure_channel(running.target, secure_channel)
-        running.stubs = Stubs(running.channel)
-        async with running.channel:
-            yield running
-    finally:
-        await server.stop(0)
-        if limiter is not None:
-            await limiter.aclose()
+    service_metrics = ServiceMetrics(registry)
+    async with AsyncExitStack() as stack:
+        cache = None
+        if full_service:
+            engines = await _metered_engines(engines, settings, service_metrics, stack)
+            cache = await stack.enter_async_context(open_result_cache(settings, CacheMetrics(service_metrics)))
+        service = RagService(engines, settings, cache, service_metrics)
+        server = RagServer(settings, service, interceptors, metrics_registry=registry)
+        await server.start()
+        running = RunningServer(server, settings, registry, admission)
+        try:
+            async with _channel(running, secure_channel):
+                yield running
+        finally:
+            await server.stop(0)
+            if limiter is not None:
+                await limiter.aclose()
+
+
+@asynccontextmanager
+async def _channel(running: RunningServer, credentials: grpc.ChannelCredentials | None) -> AsyncIterator[None]:
+    if credentials is None:
+        running.channel = grpc.aio.insecure_channel(running.target)
+    else:
+        running.channel = grpc.aio.secure_channel(running.target, credentials)
+    running.stubs = Stubs(running.channel)
+    async with running.channel:
+        yield

@@ -45,13 +45,16 @@ def grpc_labels(kind: str, service: str, method: str) -> dict[str, str]:
 
 
 async def test_metrics_endpoint_counts_every_kind_of_call(engines: Engines, settings: Settings, isolated_tag: str) -> None:
-    async with serving(engines, settings, metrics_port=free_loopback_port()) as s:
+    async with serving(engines, settings, full_service=True, cache_backend="memory", metrics_port=free_loopback_port()) as s:
         stubs = s.stubs
         # unary, OK
         await stubs.info.Info(pb.InfoRequest())
         # unary, failed
         await expect_status(stubs.embed.Embed(pb.EmbedRequest(texts=[])), grpc.StatusCode.INVALID_ARGUMENT)
-        await stubs.embed.Embed(pb.EmbedRequest(texts=["one", "two", "three"]))
+        three = [f"{word} {isolated_tag}" for word in ("one", "two", "three")]
+        await stubs.embed.Embed(pb.EmbedRequest(texts=three))
+        # Two of these come from the embedding cache.
+        await stubs.embed.Embed(pb.EmbedRequest(texts=[three[0], three[1], f"four {isolated_tag}"]))
         # server streaming to the end
         streamed = await collect(stubs.generate.Generate(pb.GenerateRequest(prompt="Hi", sampling=pb.SamplingParams(max_tokens=6))))
         # server streaming, aborted by the server before any message (bad input)
@@ -99,10 +102,10 @@ async def test_metrics_endpoint_counts_every_kind_of_call(engines: Engines, sett
     assert 0 < value(samples, "grpc_server_handling_seconds_sum", **info) < 10
 
     embed = grpc_labels("unary", "EmbedService", "Embed")
-    assert value(samples, "grpc_server_started_total", **embed) == 2
+    assert value(samples, "grpc_server_started_total", **embed) == 3
     assert value(samples, "grpc_server_handled_total", **embed, grpc_code="INVALID_ARGUMENT") == 1
-    assert value(samples, "grpc_server_handled_total", **embed, grpc_code="OK") == 1
-    assert value(samples, "grpc_server_msg_sent_total", **embed) == 1  # the failed call sent nothing
+    assert value(samples, "grpc_server_handled_total", **embed, grpc_code="OK") == 2
+    assert value(samples, "grpc_server_msg_sent_total", **embed) == 2  # the failed call sent nothing
 
     assert value(samples, "grpc_server_started_total", **generate) == 4
     assert value(samples, "grpc_server_handled_total", **generate, grpc_code="OK") == 1
@@ -132,14 +135,18 @@ async def test_metrics_endpoint_counts_every_kind_of_call(engines: Engines, sett
     usage = streamed[-1].final.usage
     assert value(samples, "rag_generate_prompt_tokens_total", **model) == usage.prompt_tokens
     assert value(samples, "rag_generate_generation_tokens_total", **model) >= usage.completion_tokens + 1
-    assert value(samples, "rag_embed_batch_size_count") == 4  # Embed, two Ingest batches, the Retrieve query
-    assert value(samples, "rag_embed_batch_size_sum") == 3 + 1 + 1 + 1
+    # Model batches, as the micro-batcher formed them: 3 + 1 texts of the two Embeds (calls one after
+    # the other run alone), 1 + 1 of the Ingest batches, 1 for the Retrieve query.
+    assert value(samples, "rag_embed_batch_size_count") == 5
+    assert value(samples, "rag_embed_batch_size_sum") == 3 + 1 + 1 + 1 + 1
+    assert value(samples, "rag_search_batch_size_count") == 1
     assert value(samples, "rag_embed_tokens_total") > 0
+    assert value(samples, "rag_cache_hits_total", cache="embedding") == 2
+    assert value(samples, "rag_cache_misses_total", cache="embedding") == 3 + 1 + 1  # the Retrieve query too
+    assert value(samples, "rag_cache_misses_total", cache="retrieval") == 1
     assert value(samples, "rag_retrieve_duration_seconds_count") == 1
     assert value(samples, "rag_retrieve_results_sum") == 2
     assert value(samples, "rag_index_vectors") >= 2
-    # Defined for the cache; nothing recorded yet.
-    assert ("rag_cache_hits_total", frozenset()) not in samples
 
 
 async def test_metrics_endpoint_is_off_by_default(engines: Engines, settings: Settings) -> None:
