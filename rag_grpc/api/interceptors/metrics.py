@@ -16,7 +16,13 @@ from typing import Any
 import grpc
 from prometheus_client.metrics import Counter, Histogram
 
-from rag_grpc.api.interceptors.base import AroundCallInterceptor, Behavior, ObservedWrites, RpcMethod, final_code
+from rag_grpc.api.interceptors.base import (
+    AroundCallInterceptor,
+    Behavior,
+    ObservedWrites,
+    RpcMethod,
+    final_code,
+)
 from rag_grpc.metrics import GrpcMetrics
 
 

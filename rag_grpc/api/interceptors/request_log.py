@@ -23,7 +23,13 @@ from google.protobuf import text_format
 from google.protobuf.message import Message
 
 from rag_grpc.api.call_context import begin_call, current_caller
-from rag_grpc.api.interceptors.base import AroundCallInterceptor, Behavior, ObservedWrites, RpcMethod, final_code
+from rag_grpc.api.interceptors.base import (
+    AroundCallInterceptor,
+    Behavior,
+    ObservedWrites,
+    RpcMethod,
+    final_code,
+)
 from rag_grpc.v1 import rag_pb2 as pb
 
 log = structlog.get_logger("rag_grpc.rpc")
