@@ -19,6 +19,7 @@ from rag_grpc.app import build_interceptors
 from rag_grpc.engines import Engines
 from rag_grpc.settings import Settings
 from rag_grpc.v1 import rag_pb2 as pb
+from rag_grpc.v1 import rag_pb2_grpc as pb_grpc
 from tests.api.interceptors.conftest import (
     ALICE_KEY,
     API_KEYS,
@@ -110,8 +111,10 @@ async def test_read_only_key_reads_but_may_not_write(secured: RunningServer, iso
         yield pb.IngestRequest(documents=[document])
 
     await expect_status(secured.stubs.documents.Ingest(ingest_requests(), metadata=reader), denied)
+    admin = pb_grpc.AdminServiceStub(secured.channel)
+    await expect_status(admin.Snapshot(pb.SnapshotRequest(), metadata=reader), denied)
     assert (await secured.stubs.info.Info(pb.InfoRequest(), metadata=reader)).index.size == size
-    assert secured.sample("rag_auth_failures_total", reason="permission") >= 3
+    assert secured.sample("rag_auth_failures_total", reason="permission") >= 4
 
     written = await secured.stubs.documents.Upsert(pb.UpsertRequest(documents=[document]), metadata=bearer(ALICE_KEY))
     assert written.upserted == 1
