@@ -14,6 +14,7 @@ from prometheus_client import CollectorRegistry
 
 from rag_grpc.api import servicers
 from rag_grpc.api.interceptors.deadline import DeadlineCeilingInterceptor
+from rag_grpc.api.interceptors.drain import DrainInterceptor
 from rag_grpc.api.interceptors.decoding import RequestDecodingInterceptor
 from rag_grpc.api.interceptors.errors import ErrorMappingInterceptor
 from rag_grpc.api.tls import server_credentials
@@ -60,9 +61,11 @@ class RagServer:
         # Outermost first. Error mapping sits inside the configured interceptors so they see final statuses;
         # the deadline ceiling and request decoding sit inside it, so that DeadlineExceeded and an unparsable
         # request (INVALID_ARGUMENT, not UNKNOWN) go through the one error map.
+        self._drain = DrainInterceptor()
         chain = [
             *interceptors,
             ErrorMappingInterceptor(),
+            self._drain,
             DeadlineCeilingInterceptor(settings.call_deadline_ceiling_s),
             RequestDecodingInterceptor(),
         ]
@@ -105,9 +108,16 @@ class RagServer:
         return self._metrics_http.port if self._metrics_http is not None else 0
 
     async def stop(self, grace: float | None) -> None:
-        """Health goes NOT_SERVING first so balancers stop sending, then in-flight calls get `grace` seconds."""
+        """Drains, then stops. Health goes NOT_SERVING first so balancers stop sending; new API calls get
+        UNAVAILABLE while those in flight get up to `grace` seconds to finish; the rest are cancelled."""
         await self.health.enter_graceful_shutdown()
-        await self._server.stop(grace)
+        self._drain.start_draining()
+        if grace:
+            try:
+                await asyncio.wait_for(self._drain.wait_idle(), grace)
+            except TimeoutError:
+                log.warning("drain_grace_expired", cancelled_calls=self._drain.in_flight)
+        await self._server.stop(0)
         if self._metrics_http is not None:
             # shutdown() waits for the serving thread's poll loop (up to half a second): not on the event loop.
             await asyncio.to_thread(self._metrics_http.stop)

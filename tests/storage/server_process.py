@@ -64,6 +64,14 @@ class ServerProcess:
         finally:
             self.kill()
 
+    def send_signal(self, signum: int) -> None:
+        assert self._process is not None
+        os.kill(self._process.pid, signum)
+
+    def wait(self, timeout_s: float) -> int:
+        assert self._process is not None
+        return self._process.wait(timeout_s)
+
     def log_text(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
 
