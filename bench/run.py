@@ -35,7 +35,7 @@ def _ratio(a: float, b: float) -> float:
 
 
 async def _run(quick: bool) -> dict[str, Any]:
-    from bench import embed_retrieve, generate_engine, peers, serve_generate, transport
+    from bench import embed_retrieve, generate_engine, interceptor_overhead, overload, peers, serve_generate, transport
 
     short = {"rounds": 2, "service_s": 2.0, "raw_s": 0.5, "warmup_s": 1.0} if quick else {}
     results: dict[str, Any] = {}
@@ -49,6 +49,8 @@ async def _run(quick: bool) -> dict[str, Any]:
     results["generate_server"] = await serve_generate.serve_generate(duration_s=seconds)
     results["generate_peer"] = await peers.transformers_serve_generate(duration_s=seconds)
     results["transport"] = await transport.bench_transport(duration_s=2.0 if quick else 5.0)
+    results["interceptors"] = await asyncio.to_thread(interceptor_overhead.run, **({"calls": 500, "rounds": 3} if quick else {}))
+    results["overload"] = await overload.bench_overload(phase_s=8.0 if quick else 20.0)
     return results
 
 
@@ -97,6 +99,17 @@ def _table(results: dict[str, Any]) -> list[tuple[str, str, str, str]]:
     for row in results["transport"]["rows"]:
         rows.append((f"Transport, instant engine, {row['streams']} stream(s)", f"{row['messages_per_s']:.0f} msg/s",
                      f"{row['tokens_per_s']:.0f} tok/s delivered", "coalesced"))
+    chain = results["interceptors"]
+    full, bare = chain["variants"]["full"], chain["variants"]["bare"]
+    rows.append(("Unary Info, full interceptor chain vs none (p50 / p99 ms)", f"{full['p50_ms']:.3f} / {full['p99_ms']:.3f}",
+                 f"no interceptors {bare['p50_ms']:.3f} / {bare['p99_ms']:.3f}",
+                 f"+{chain['overhead_p50_ms']:.3f} ms at p50 (target <= +0.3 ms)"))
+    over = results["overload"]
+    rows.append(("Overload at 4x sustainable Generate rate: rejected share", f"{over['rejected_share']:.0%}",
+                 f"{over['requests']} requests at {over['offered_rate_per_s']:.1f}/s", ""))
+    rows.append(("  rejection latency p99 (ms)", f"{over['rejection_p99_ms']:.1f}", "", "target <= 50 ms"))
+    rows.append(("  admitted p99 vs unloaded p99 (ms)", f"{over['admitted_p99_ms']:.0f}", f"unloaded {over['unloaded_p99_ms']:.0f}",
+                 f"server alive: {over['server_alive_after']}, peak RSS {over['server_peak_rss_mb']:.0f} MB"))
     return rows
 
 
