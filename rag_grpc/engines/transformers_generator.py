@@ -203,11 +203,10 @@ class TransformersGenerator:
                 stranded = {row.job for row in rows} | {job for job in joining if job in self._running}
                 self._retire(list(stranded), exc)
                 rows, batch = [], None
-        shutting_down = Unavailable("the generator is shutting down")
         with self._wakeup:
             leftover = [row.job for row in rows] + list(self._waiting)
             self._waiting.clear()
-        self._send([(job, shutting_down) for job in leftover])
+        self._retire(leftover, Unavailable("the generator is shutting down"))
 
     def _next_joining(self, free_slots: int, idle: bool) -> list[_Job] | None:
         """Waiting jobs that fit in the batch, blocking while there is nothing to do; None once closing."""
