@@ -156,7 +156,7 @@ class TransformersGenerator:
         with self._wakeup:
             if self._closing:
                 raise Unavailable("the generator is shutting down")
-            if len(self._waiting) >= self._max_waiting_requests:
+            if len(self._running) >= self._max_batch_size + self._max_waiting_requests:
                 raise Unavailable("too many generation requests are waiting; retry later")
             self._running.add(job)
             self._waiting.append(job)
@@ -198,7 +198,7 @@ class TransformersGenerator:
                         rows, batch = self._admit(joining, rows, batch)
                     if rows:
                         rows, batch = self._decode_step(rows, batch)
-            except Exception as exc:  # noqa: BLE001 - a bug must fail these requests, not hang them or the engine
+            except Exception as exc:  # noqa: BLE001 - fail these requests (the batch's state is unknown), keep serving
                 log.exception("generator_step_failed")
                 stranded = {row.job for row in rows} | {job for job in joining if job in self._running}
                 self._retire(list(stranded), exc)
@@ -263,12 +263,8 @@ class TransformersGenerator:
 
         from rag_grpc.engines.sampling import sample_next_tokens
 
-        try:
-            last_tokens = torch.tensor([row.last_token for row in rows], dtype=torch.long, device=self._device)
-            logits = batch.decode(self._model, last_tokens)
-        except Exception as exc:  # noqa: BLE001 - the batch's state is unknown now; fail its rows, keep serving
-            self._retire([row.job for row in rows], exc)
-            return [], None
+        last_tokens = torch.tensor([row.last_token for row in rows], dtype=torch.long, device=self._device)
+        logits = batch.decode(self._model, last_tokens)
         self._accept(rows, sample_next_tokens(logits, [row.sampler for row in rows]))
         return self._drop_rows(rows, batch, [row for row in rows if row.finished])
 
