@@ -37,13 +37,12 @@ class PaddedBatch:
     @classmethod
     def prefill(cls, model: Any, prompts: Sequence[Sequence[int]]) -> tuple[PaddedBatch, torch.Tensor]:
         """Runs the prompts (left-padded to the longest) and returns the batch and each row's next-token logits."""
-        device = model.device
         longest = max(len(p) for p in prompts)
-        input_ids = torch.zeros((len(prompts), longest), dtype=torch.long, device=device)
-        attention_mask = torch.zeros((len(prompts), longest), dtype=torch.long, device=device)
-        for row, prompt in enumerate(prompts):
-            input_ids[row, longest - len(prompt) :] = torch.tensor(prompt, dtype=torch.long)
-            attention_mask[row, longest - len(prompt) :] = 1
+        # Padding positions hold token 0; the mask hides them from every real token.
+        input_ids = torch.tensor([[0] * (longest - len(p)) + list(p) for p in prompts], device=model.device)
+        attention_mask = torch.tensor(
+            [[0] * (longest - len(p)) + [1] * len(p) for p in prompts], dtype=torch.long, device=model.device
+        )
         # The same position ids `generate` derives from a left-padded mask (padding gets a dummy 1).
         position_ids = (attention_mask.cumsum(-1) - 1).masked_fill_(attention_mask == 0, 1)
         cache = DynamicCache(config=model.config)
