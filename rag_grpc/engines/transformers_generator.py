@@ -276,8 +276,8 @@ class TransformersGenerator:
             chunk = row.accept(token)
             if chunk is not None:
                 outbox.append((row.job, chunk))
-        self._send(outbox)
         self._retire([row.job for row in rows if row.finished])
+        self._send(outbox)
 
     def _drop_rows(self, rows: list[_Row], batch: Any, leaving: list[_Row]) -> tuple[list[_Row], Any]:
         if not leaving:
@@ -290,10 +290,11 @@ class TransformersGenerator:
         return [rows[index] for index in kept], batch
 
     def _retire(self, jobs: list[_Job], error: BaseException | None = None) -> None:
-        if error is not None:
-            self._send([(job, error) for job in jobs])
+        # Uncounted before the consumer can hear of it, so a caller that saw its stream end sees it gone.
         for job in jobs:
             self._running.discard(job)
+        if error is not None:
+            self._send([(job, error) for job in jobs])
 
     @staticmethod
     def _send(outbox: list[tuple[_Job, _Item]]) -> None:
