@@ -74,7 +74,9 @@ class _FirstTokenClock:
         pass
 
 
-def _raw_generate(model: Any, tokenizer: Any, prompts: list[list[int]], new_tokens: int) -> tuple[float, float]:
+def _raw_generate(
+    model: Any, tokenizer: Any, prompts: list[list[int]], new_tokens: int
+) -> tuple[float, float]:
     """Seconds for one batched greedy generate, and seconds to its first new token."""
     import torch
 
@@ -105,7 +107,9 @@ async def _engine_round(generator: Any, prompts: list[str], new_tokens: int) -> 
 
     async def one(prompt: str) -> tuple[float, int]:
         request = GenerationRequest(
-            uuid.uuid4().hex, [ChatMessage("user", prompt)], SamplingOptions(max_tokens=new_tokens, temperature=0.0)
+            uuid.uuid4().hex,
+            [ChatMessage("user", prompt)],
+            SamplingOptions(max_tokens=new_tokens, temperature=0.0),
         )
         started = time.perf_counter()
         first_text_at: float | None = None
@@ -120,7 +124,12 @@ async def _engine_round(generator: Any, prompts: list[str], new_tokens: int) -> 
     results = await asyncio.gather(*(one(p) for p in prompts))
     wall = time.perf_counter() - started
     tokens = [t for _, t in results]
-    return {"seconds": wall, "tokens": sum(tokens), "min_tokens": min(tokens), "ttft_s": [s for s, _ in results]}
+    return {
+        "seconds": wall,
+        "tokens": sum(tokens),
+        "min_tokens": min(tokens),
+        "ttft_s": [s for s, _ in results],
+    }
 
 
 async def _measure(
@@ -237,7 +246,15 @@ async def bench_generate_engine(
 
 
 def _print_table(report: dict[str, Any]) -> None:
-    header = ("streams", "raw tok/s", "engine tok/s", "ratio", "raw TTFT p50/p99 ms", "engine TTFT p50/p99 ms", "min tokens")
+    header = (
+        "streams",
+        "raw tok/s",
+        "engine tok/s",
+        "ratio",
+        "raw TTFT p50/p99 ms",
+        "engine TTFT p50/p99 ms",
+        "min tokens",
+    )
     rows = [header]
     for n, r in report["results"].items():
         rows.append(
@@ -252,8 +269,10 @@ def _print_table(report: dict[str, Any]) -> None:
             )
         )
     widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
-    print(f"Generate engine vs raw generate ({report['model']}, {report['device']}, "
-          f"{report['torch_threads']} torch threads, {report['new_tokens']} tokens per stream)")
+    print(
+        f"Generate engine vs raw generate ({report['model']}, {report['device']}, "
+        f"{report['torch_threads']} torch threads, {report['new_tokens']} tokens per stream)"
+    )
     for row in rows:
         print("  ".join(cell.rjust(width) for cell, width in zip(row, widths)))
     for key in ("target_throughput_16", "target_ttft_1"):

@@ -19,7 +19,9 @@ from transformers.cache_utils import DynamicLayer
 
 
 class PaddedBatch:
-    def __init__(self, cache: DynamicCache, attention_mask: torch.Tensor, next_positions: torch.Tensor) -> None:
+    def __init__(
+        self, cache: DynamicCache, attention_mask: torch.Tensor, next_positions: torch.Tensor
+    ) -> None:
         self._cache = cache
         # [rows, cached tokens]: 1 for a real token, 0 for left padding.
         self._attention_mask = attention_mask
@@ -59,7 +61,9 @@ class PaddedBatch:
 
     def decode(self, model: Any, next_tokens: torch.Tensor) -> torch.Tensor:
         """Feeds one token per row ([rows] long) and returns the next-token logits [rows, vocab]."""
-        ones = torch.ones((self.size, 1), dtype=self._attention_mask.dtype, device=self._attention_mask.device)
+        ones = torch.ones(
+            (self.size, 1), dtype=self._attention_mask.dtype, device=self._attention_mask.device
+        )
         self._attention_mask = torch.cat([self._attention_mask, ones], dim=1)
         output = model(
             input_ids=next_tokens.view(-1, 1),
@@ -81,7 +85,10 @@ class PaddedBatch:
         """Appends `joining`'s rows after this batch's rows, left-padding whichever cache is shorter."""
         length = max(self.cached_tokens, joining.cached_tokens)
         layers = [
-            tuple(torch.cat([_left_pad(mine, length), _left_pad(theirs, length)], dim=0) for mine, theirs in zip(*pair))
+            tuple(
+                torch.cat([_left_pad(mine, length), _left_pad(theirs, length)], dim=0)
+                for mine, theirs in zip(*pair)
+            )
             for pair in zip(self._kv_pairs(), joining._kv_pairs())
         ]
         self._cache = DynamicCache(ddp_cache_data=layers)
@@ -106,7 +113,11 @@ class PaddedBatch:
         )
 
     def _kv_pairs(self) -> list[tuple[torch.Tensor, torch.Tensor]]:
-        return [(layer.keys, layer.values) for layer in self._cache.layers]
+        pairs = []
+        for layer in self._cache.layers:
+            assert isinstance(layer, DynamicLayer) and layer.keys is not None and layer.values is not None
+            pairs.append((layer.keys, layer.values))
+        return pairs
 
 
 def _left_pad(tensor: torch.Tensor, length: int) -> torch.Tensor:

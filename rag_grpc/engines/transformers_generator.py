@@ -15,10 +15,10 @@ from __future__ import annotations
 import asyncio
 import threading
 from collections import deque
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncGenerator, Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Self
+from typing import TYPE_CHECKING, Any, Self
 
 import structlog
 
@@ -26,6 +26,10 @@ from rag_grpc.domain import EngineInfo, FinishReason, GenerationChunk, Generatio
 from rag_grpc.engines.chat_tokens import control_tokens
 from rag_grpc.engines.streaming_text import IncrementalDecoder, StopSequenceFilter
 from rag_grpc.errors import EngineError, InvalidArgument, RagError, Unavailable
+
+if TYPE_CHECKING:  # torch is imported lazily: importing the package must not load it
+    from rag_grpc.engines.padded_batch import PaddedBatch
+    from rag_grpc.engines.sampling import TokenSampler
 
 log = structlog.get_logger(__name__)
 
@@ -45,7 +49,14 @@ class _Job:
 class _Row:
     """One request in the running batch: its sampler, its text stream and its token counts."""
 
-    def __init__(self, job: _Job, prompt_tokens: int, sampler: Any, decode: Any, eos_ids: set[int]) -> None:
+    def __init__(
+        self,
+        job: _Job,
+        prompt_tokens: int,
+        sampler: TokenSampler,
+        decode: Callable[[list[int]], str],
+        eos_ids: set[int],
+    ) -> None:
         self.job = job
         self.sampler = sampler
         self.prompt_tokens = prompt_tokens
@@ -86,7 +97,12 @@ class _Row:
 
 class TransformersGenerator:
     def __init__(
-        self, model_dir: Path, device: str, model_id: str, max_batch_size: int = 16, max_waiting_requests: int = 256
+        self,
+        model_dir: Path,
+        device: str,
+        model_id: str,
+        max_batch_size: int = 16,
+        max_waiting_requests: int = 256,
     ) -> None:
         self._model_dir = model_dir
         self._device = device
@@ -137,7 +153,9 @@ class TransformersGenerator:
             batch, _ = PaddedBatch.prefill(self._model, [self._tokenizer.encode("Hello")])
         if not batch.can_merge() and self._max_batch_size > 1:
             # Sliding-window or recurrent layers cannot be left-padded and concatenated; decode one at a time.
-            log.warning("generator_batching_disabled", model=self._model_id, reason="cache layers cannot be merged")
+            log.warning(
+                "generator_batching_disabled", model=self._model_id, reason="cache layers cannot be merged"
+            )
             self._max_batch_size = 1
 
     @property
@@ -151,7 +169,7 @@ class TransformersGenerator:
     def num_running_requests(self) -> int:
         return len(self._running)
 
-    async def generate(self, request: GenerationRequest) -> AsyncIterator[GenerationChunk]:
+    async def generate(self, request: GenerationRequest) -> AsyncGenerator[GenerationChunk, None]:
         job = _Job(request=request, loop=asyncio.get_running_loop())
         with self._wakeup:
             if self._closing:
@@ -183,8 +201,6 @@ class TransformersGenerator:
     def _schedule(self) -> None:
         import torch
 
-        from rag_grpc.engines.padded_batch import PaddedBatch
-
         rows: list[_Row] = []
         batch: PaddedBatch | None = None
         while True:
@@ -196,9 +212,9 @@ class TransformersGenerator:
                 with torch.inference_mode():
                     if joining:
                         rows, batch = self._admit(joining, rows, batch)
-                    if rows:
+                    if batch is not None:  # there are rows to decode
                         rows, batch = self._decode_step(rows, batch)
-            except Exception as exc:  # noqa: BLE001 - fail these requests (the batch's state is unknown), keep serving
+            except Exception as exc:  # fail these requests (the batch's state is unknown), keep serving
                 log.exception("generator_step_failed")
                 stranded = {row.job for row in rows} | {job for job in joining if job in self._running}
                 self._retire(list(stranded), exc)
@@ -222,7 +238,9 @@ class TransformersGenerator:
                 self._wakeup.wait()
             return [self._waiting.popleft() for _ in range(min(free_slots, len(self._waiting)))]
 
-    def _admit(self, jobs: list[_Job], rows: list[_Row], batch: Any) -> tuple[list[_Row], Any]:
+    def _admit(
+        self, jobs: list[_Job], rows: list[_Row], batch: PaddedBatch | None
+    ) -> tuple[list[_Row], PaddedBatch | None]:
         """Prefills `jobs` together, sends their first tokens and merges the unfinished ones into the batch."""
         from rag_grpc.engines.padded_batch import PaddedBatch
         from rag_grpc.engines.sampling import TokenSampler, sample_next_tokens
@@ -243,7 +261,13 @@ class TransformersGenerator:
             return rows, batch
         decode = self._decode_text
         new_rows = [
-            _Row(job, len(prompt), TokenSampler.for_options(job.request.sampling, self._device), decode, self._eos_ids)
+            _Row(
+                job,
+                len(prompt),
+                TokenSampler.for_options(job.request.sampling, self._device),
+                decode,
+                self._eos_ids,
+            )
             for job, prompt in zip(jobs, prompts)
         ]
         self._accept(new_rows, sample_next_tokens(logits, [row.sampler for row in new_rows]))
@@ -258,7 +282,7 @@ class TransformersGenerator:
         batch.extend(joined)
         return rows + new_rows, batch
 
-    def _decode_step(self, rows: list[_Row], batch: Any) -> tuple[list[_Row], Any]:
+    def _decode_step(self, rows: list[_Row], batch: PaddedBatch) -> tuple[list[_Row], PaddedBatch | None]:
         import torch
 
         from rag_grpc.engines.sampling import sample_next_tokens
@@ -279,13 +303,16 @@ class TransformersGenerator:
         self._retire([row.job for row in rows if row.finished])
         self._send(outbox)
 
-    def _drop_rows(self, rows: list[_Row], batch: Any, leaving: list[_Row]) -> tuple[list[_Row], Any]:
+    def _drop_rows(
+        self, rows: list[_Row], batch: PaddedBatch | None, leaving: list[_Row]
+    ) -> tuple[list[_Row], PaddedBatch | None]:
         if not leaving:
             return rows, batch
         self._retire([row.job for row in leaving])
         kept = [index for index, row in enumerate(rows) if row not in leaving]
         if not kept:
             return [], None
+        assert batch is not None  # rows are never without a batch
         batch.keep(kept)
         return [rows[index] for index in kept], batch
 

@@ -23,7 +23,10 @@ class ReferenceLM:
 
     def prompt_ids(self, prompt: str) -> list[int]:
         ids: list[int] = self.tokenizer.apply_chat_template(
-            [{"role": "user", "content": prompt}], add_generation_prompt=True, tokenize=True, return_dict=False
+            [{"role": "user", "content": prompt}],
+            add_generation_prompt=True,
+            tokenize=True,
+            return_dict=False,
         )
         return ids
 

@@ -16,7 +16,9 @@ PROMPTS = [
 NEW_TOKENS = 24
 
 
-def _greedy_with_joins(lm: ReferenceLM, groups: list[list[int]], join_at_step: list[int]) -> dict[int, list[int]]:
+def _greedy_with_joins(
+    lm: ReferenceLM, groups: list[list[int]], join_at_step: list[int]
+) -> dict[int, list[int]]:
     """Greedy-decodes PROMPTS; group g is prefilled together and merged in before decode step join_at_step[g].
 
     A row leaves the batch as soon as it has NEW_TOKENS tokens or produced end-of-sequence, so rows
@@ -39,7 +41,11 @@ def _greedy_with_joins(lm: ReferenceLM, groups: list[list[int]], join_at_step: l
                 else:
                     batch.extend(joined)
                 rows += group
-            done = {i for i in rows if len(produced[i]) >= NEW_TOKENS or produced[i][-1] == lm.tokenizer.eos_token_id}
+            done = {
+                i
+                for i in rows
+                if len(produced[i]) >= NEW_TOKENS or produced[i][-1] == lm.tokenizer.eos_token_id
+            }
             if done:
                 kept = [k for k, i in enumerate(rows) if i not in done]
                 rows = [rows[k] for k in kept]
@@ -63,7 +69,9 @@ def test_solo_rows_decode_like_generate(reference_lm: ReferenceLM) -> None:
         assert produced[index] == reference_lm.greedy(PROMPTS[index], NEW_TOKENS)
 
 
-def test_mixed_length_batch_and_staggered_joins_decode_like_unbatched_generate(reference_lm: ReferenceLM) -> None:
+def test_mixed_length_batch_and_staggered_joins_decode_like_unbatched_generate(
+    reference_lm: ReferenceLM,
+) -> None:
     expected = {i: reference_lm.greedy(p, NEW_TOKENS) for i, p in enumerate(PROMPTS)}
     # All four prompts (lengths differ) prefilled together in one left-padded batch.
     assert _greedy_with_joins(reference_lm, [[0, 1, 2, 3]], [0]) == expected

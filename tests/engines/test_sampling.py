@@ -8,7 +8,9 @@ from rag_grpc.domain import SamplingOptions
 from rag_grpc.engines.sampling import TokenSampler, sample_next_tokens
 
 
-def _sampler(temperature: float = 1.0, top_p: float = 1.0, top_k: int = 0, seed: int | None = 7) -> TokenSampler:
+def _sampler(
+    temperature: float = 1.0, top_p: float = 1.0, top_k: int = 0, seed: int | None = 7
+) -> TokenSampler:
     options = SamplingOptions(max_tokens=1, temperature=temperature, top_p=top_p, top_k=top_k, seed=seed)
     return TokenSampler.for_options(options, "cpu")
 
@@ -24,7 +26,12 @@ def test_greedy_rows_take_the_argmax() -> None:
 
 def test_top_k_one_and_a_tiny_top_p_are_greedy() -> None:
     logits = _logits()
-    samplers = [_sampler(top_k=1), _sampler(top_p=1e-6), _sampler(top_k=1, seed=None), _sampler(top_p=1e-6, seed=3)]
+    samplers = [
+        _sampler(top_k=1),
+        _sampler(top_p=1e-6),
+        _sampler(top_k=1, seed=None),
+        _sampler(top_p=1e-6, seed=3),
+    ]
     assert sample_next_tokens(logits, samplers) == logits.argmax(-1).tolist()
 
 
@@ -44,11 +51,14 @@ def test_draws_stay_inside_top_k_and_top_p() -> None:
 
 def test_a_seeded_row_draws_the_same_tokens_whatever_shares_its_batch() -> None:
     logits = _logits()
-    alone = [sample_next_tokens(logits[1:2], [sampler])[0] for sampler in [_sampler(seed=42)] for _ in range(20)]
+    alone = [
+        sample_next_tokens(logits[1:2], [sampler])[0] for sampler in [_sampler(seed=42)] for _ in range(20)
+    ]
     seeded = _sampler(seed=42)
     companions = [_sampler(temperature=0), _sampler(seed=None, top_k=50), _sampler(seed=1, top_p=0.9)]
     together = [
-        sample_next_tokens(logits, [companions[0], seeded, companions[1], companions[2]])[1] for _ in range(20)
+        sample_next_tokens(logits, [companions[0], seeded, companions[1], companions[2]])[1]
+        for _ in range(20)
     ]
     assert alone == together
     assert len(set(alone)) > 1  # it really samples

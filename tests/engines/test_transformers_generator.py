@@ -33,14 +33,18 @@ class Outcome:
     finish_reason: FinishReason | None
 
 
-def _request(prompt: str, max_tokens: int, stop: tuple[str, ...] = (), **sampling: float | int) -> GenerationRequest:
+def _request(
+    prompt: str, max_tokens: int, stop: tuple[str, ...] = (), **sampling: float
+) -> GenerationRequest:
     options = SamplingOptions(max_tokens=max_tokens, stop=stop, **sampling)  # type: ignore[arg-type]
     return GenerationRequest(uuid.uuid4().hex, [ChatMessage("user", prompt)], options)
 
 
 async def _run(generator: TransformersGenerator, request: GenerationRequest) -> Outcome:
     chunks: list[GenerationChunk] = [chunk async for chunk in generator.generate(request)]
-    return Outcome("".join(c.text for c in chunks), sum(c.token_count for c in chunks), chunks[-1].finish_reason)
+    return Outcome(
+        "".join(c.text for c in chunks), sum(c.token_count for c in chunks), chunks[-1].finish_reason
+    )
 
 
 def _expected(lm: ReferenceLM, prompt: str, max_tokens: int) -> Outcome:
@@ -131,7 +135,9 @@ async def test_closing_a_stream_early_removes_its_request(generator: Transformer
     await _wait_until_idle(generator)
 
 
-async def test_seeded_sampling_draws_the_same_text_alone_and_in_a_batch(generator: TransformersGenerator) -> None:
+async def test_seeded_sampling_draws_the_same_text_alone_and_in_a_batch(
+    generator: TransformersGenerator,
+) -> None:
     sampled = _request(STORY, 24, temperature=0.9, top_p=0.95, top_k=50, seed=99)
     alone = await _run(generator, sampled)
     together, *_ = await asyncio.gather(
@@ -145,7 +151,9 @@ async def test_seeded_sampling_draws_the_same_text_alone_and_in_a_batch(generato
 async def test_requests_beyond_the_batch_size_wait_then_complete_and_a_full_queue_is_refused(
     generator_model_dir: Path, reference_lm: ReferenceLM
 ) -> None:
-    small = TransformersGenerator(generator_model_dir, "cpu", "small-batch", max_batch_size=2, max_waiting_requests=1)
+    small = TransformersGenerator(
+        generator_model_dir, "cpu", "small-batch", max_batch_size=2, max_waiting_requests=1
+    )
     async with small:
         first, second = small.generate(_request(STORY, 24)), small.generate(_request(COUNT, 24))
         first_chunks = [await anext(first), await anext(second)]
