@@ -92,6 +92,18 @@ class Settings(BaseSettings):
         30.0, gt=0, description="A Generate whose client accepts no message for this long is aborted and freed."
     )
 
+    # --- batched generation (transformers engine)
+    generator_max_batch_size: int = Field(
+        16,
+        ge=1,
+        description="Most Generate requests the transformers engine decodes together; more wait in a queue.",
+    )
+    generator_max_waiting_requests: int = Field(
+        256,
+        ge=0,
+        description="Most Generate requests waiting for a batch slot; beyond it Generate answers UNAVAILABLE.",
+    )
+
     # --- request limits (violations answer INVALID_ARGUMENT naming the field)
     max_batch_texts: int = Field(256, ge=1, description="Most texts in one Embed call.")
     max_text_chars: int = Field(8192, ge=1, description="Longest single text or document, in characters.")

@@ -100,7 +100,13 @@ async def build_generator(settings: Settings) -> Generator:
         )
     from rag_grpc.engines.transformers_generator import TransformersGenerator
 
-    return TransformersGenerator(model_dir, resolve_torch_device(settings.generator_device), model_id)
+    return TransformersGenerator(
+        model_dir,
+        resolve_torch_device(settings.generator_device),
+        model_id,
+        max_batch_size=settings.generator_max_batch_size,
+        max_waiting_requests=settings.generator_max_waiting_requests,
+    )
 
 
 @asynccontextmanager

@@ -1,0 +1,131 @@
+"""Rows of a causal LM decoded together over one left-padded KV cache.
+
+Sequences join and leave between decode steps: a joining group is prefilled on its own and its
+cache is padded on the left to the running batch's length; a leaving row is cut out. Padding is
+masked out of attention and every row carries its own position ids, so a row sees exactly the
+tokens it would see alone (up to floating-point summation order in the padded attention).
+
+Plain torch and transformers' DynamicCache; runs on the caller's thread, never concurrently.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from transformers import DynamicCache
+from transformers.cache_utils import DynamicLayer
+
+
+class PaddedBatch:
+    def __init__(
+        self, cache: DynamicCache, attention_mask: torch.Tensor, next_positions: torch.Tensor
+    ) -> None:
+        self._cache = cache
+        # [rows, cached tokens]: 1 for a real token, 0 for left padding.
+        self._attention_mask = attention_mask
+        # [rows]: the position id each row's next token gets (its count of real tokens so far).
+        self._next_positions = next_positions
+
+    @property
+    def size(self) -> int:
+        return int(self._attention_mask.shape[0])
+
+    @property
+    def cached_tokens(self) -> int:
+        return int(self._attention_mask.shape[1])
+
+    @classmethod
+    def prefill(cls, model: Any, prompts: Sequence[Sequence[int]]) -> tuple[PaddedBatch, torch.Tensor]:
+        """Runs the prompts (left-padded to the longest) and returns the batch and each row's next-token logits."""
+        longest = max(len(p) for p in prompts)
+        # Padding positions hold token 0; the mask hides them from every real token.
+        input_ids = torch.tensor([[0] * (longest - len(p)) + list(p) for p in prompts], device=model.device)
+        attention_mask = torch.tensor(
+            [[0] * (longest - len(p)) + [1] * len(p) for p in prompts], dtype=torch.long, device=model.device
+        )
+        # The same position ids `generate` derives from a left-padded mask (padding gets a dummy 1).
+        position_ids = (attention_mask.cumsum(-1) - 1).masked_fill_(attention_mask == 0, 1)
+        cache = DynamicCache(config=model.config)
+        output = model(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            position_ids=position_ids,
+            past_key_values=cache,
+            use_cache=True,
+            logits_to_keep=1,
+        )
+        next_positions = attention_mask.sum(-1)
+        return cls(output.past_key_values, attention_mask, next_positions), output.logits[:, -1, :].float()
+
+    def decode(self, model: Any, next_tokens: torch.Tensor) -> torch.Tensor:
+        """Feeds one token per row ([rows] long) and returns the next-token logits [rows, vocab]."""
+        ones = torch.ones(
+            (self.size, 1), dtype=self._attention_mask.dtype, device=self._attention_mask.device
+        )
+        self._attention_mask = torch.cat([self._attention_mask, ones], dim=1)
+        output = model(
+            input_ids=next_tokens.view(-1, 1),
+            attention_mask=self._attention_mask,
+            position_ids=self._next_positions.view(-1, 1),
+            past_key_values=self._cache,
+            use_cache=True,
+            logits_to_keep=1,
+        )
+        self._cache = output.past_key_values
+        self._next_positions = self._next_positions + 1
+        return output.logits[:, -1, :].float()
+
+    def can_merge(self) -> bool:
+        """Whether this cache holds only full-attention layers, whose tensors can be padded and concatenated."""
+        return all(type(layer) is DynamicLayer for layer in self._cache.layers)
+
+    def extend(self, joining: PaddedBatch) -> None:
+        """Appends `joining`'s rows after this batch's rows, left-padding whichever cache is shorter."""
+        length = max(self.cached_tokens, joining.cached_tokens)
+        layers = [
+            tuple(
+                torch.cat([_left_pad(mine, length), _left_pad(theirs, length)], dim=0)
+                for mine, theirs in zip(*pair)
+            )
+            for pair in zip(self._kv_pairs(), joining._kv_pairs())
+        ]
+        self._cache = DynamicCache(ddp_cache_data=layers)
+        self._attention_mask = torch.cat(
+            [_left_pad(self._attention_mask, length), _left_pad(joining._attention_mask, length)], dim=0
+        )
+        self._next_positions = torch.cat([self._next_positions, joining._next_positions])
+
+    def keep(self, rows: Sequence[int]) -> None:
+        """Keeps only `rows` (in that order) and drops the leading columns that are padding in all of them."""
+        index = torch.tensor(rows, dtype=torch.long, device=self._attention_mask.device)
+        mask = self._attention_mask.index_select(0, index)
+        real_columns = mask.any(dim=0).nonzero()
+        first = int(real_columns[0]) if len(real_columns) else mask.shape[1]
+        self._attention_mask = mask[:, first:]
+        self._next_positions = self._next_positions.index_select(0, index)
+        self._cache = DynamicCache(
+            ddp_cache_data=[
+                (keys.index_select(0, index)[:, :, first:], values.index_select(0, index)[:, :, first:])
+                for keys, values in self._kv_pairs()
+            ]
+        )
+
+    def _kv_pairs(self) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        pairs = []
+        for layer in self._cache.layers:
+            assert isinstance(layer, DynamicLayer) and layer.keys is not None and layer.values is not None
+            pairs.append((layer.keys, layer.values))
+        return pairs
+
+
+def _left_pad(tensor: torch.Tensor, length: int) -> torch.Tensor:
+    """Zero-pads a [rows, tokens] mask or a [rows, heads, tokens, dim] cache tensor on the left up to `length` tokens."""
+    token_dim = 1 if tensor.dim() == 2 else 2
+    missing = length - tensor.shape[token_dim]
+    if missing == 0:
+        return tensor
+    shape = list(tensor.shape)
+    shape[token_dim] = missing
+    return torch.cat([tensor.new_zeros(shape), tensor], dim=token_dim)
