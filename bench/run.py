@@ -84,7 +84,7 @@ def _table(results: dict[str, Any]) -> list[tuple[str, str, str, str]]:
         rows.append((
             f"  TTFT p50 / p99, {streams} concurrent (ms)", f"{engine['ttft_p50_ms']:.0f} / {engine['ttft_p99_ms']:.0f}",
             f"raw {raw['ttft_p50_ms']:.0f} / {raw['ttft_p99_ms']:.0f}",
-            f"+{engine_row['ttft_p50_excess_ms']:.0f} ms" + (" (target <= +10 ms)" if streams == "1" else ""),
+            f"{engine_row['ttft_p50_excess_ms']:+.0f} ms" + (" (target <= +10 ms)" if streams == "1" else ""),
         ))
     peer_rows = {row["streams"]: row for row in results["generate_peer"]["rows"]}
     for ours_row in results["generate_server"]["rows"]:
