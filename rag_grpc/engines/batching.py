@@ -7,7 +7,7 @@ exist. They do not own the wrapped engine: whoever entered it leaves it, after t
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Self
+from typing import Any, Self
 
 import numpy as np
 
@@ -18,30 +18,15 @@ from rag_grpc.engines.micro_batcher import BatcherStats, MicroBatcher
 _EmbeddedText = tuple[np.ndarray, int]
 
 
-class BatchingEmbedder:
-    """Texts of concurrent embed() calls go to the model together, at most `max_batch_size` per call."""
+class _BatchingWrapper:
+    """What both wrappers share: the wrapped engine, the batcher's lifecycle and stats, pass-through."""
 
-    def __init__(
-        self,
-        inner: Embedder,
-        *,
-        max_batch_size: int,
-        max_wait_s: float,
-        max_queued_texts: int,
-        stats: BatcherStats | None = None,
-    ) -> None:
+    def __init__(self, inner: Embedder | VectorStore, batcher: MicroBatcher[Any, Any]) -> None:
         self.inner = inner
-        self._batcher: MicroBatcher[str, _EmbeddedText] = MicroBatcher(
-            "embedder",
-            self._embed_batch,
-            max_batch_size=max_batch_size,
-            max_wait_s=max_wait_s,
-            max_queued_items=max_queued_texts,
-            stats=stats,
-        )
+        self._batcher = batcher
 
     def __getattr__(self, name: str) -> object:
-        # Members beyond the protocol (added by other engines later) pass through to the wrapped engine.
+        # Members beyond the protocol (persistence, say) pass through to the wrapped engine.
         if name == "inner":  # not set yet (copying, unpickling): no recursion
             raise AttributeError(name)
         return getattr(self.inner, name)
@@ -49,10 +34,6 @@ class BatchingEmbedder:
     @property
     def stats(self) -> BatcherStats:
         return self._batcher.stats
-
-    @property
-    def queued_texts(self) -> int:
-        return self._batcher.queued_items
 
     async def __aenter__(self) -> Self:
         self._batcher.start()
@@ -68,6 +49,35 @@ class BatchingEmbedder:
     @property
     def dimension(self) -> int:
         return self.inner.dimension
+
+
+class BatchingEmbedder(_BatchingWrapper):
+    """Texts of concurrent embed() calls go to the model together, at most `max_batch_size` per call."""
+
+    inner: Embedder
+
+    def __init__(
+        self,
+        inner: Embedder,
+        *,
+        max_batch_size: int,
+        max_wait_s: float,
+        max_queued_texts: int,
+        stats: BatcherStats | None = None,
+    ) -> None:
+        batcher: MicroBatcher[str, _EmbeddedText] = MicroBatcher(
+            "embedder",
+            self._embed_batch,
+            max_batch_size=max_batch_size,
+            max_wait_s=max_wait_s,
+            max_queued_items=max_queued_texts,
+            stats=stats,
+        )
+        super().__init__(inner, batcher)
+
+    @property
+    def queued_texts(self) -> int:
+        return self._batcher.queued_items
 
     @property
     def max_input_tokens(self) -> int:
@@ -85,8 +95,10 @@ class BatchingEmbedder:
         return list(zip(batch.vectors, batch.token_counts, strict=True))
 
 
-class BatchingVectorStore:
+class BatchingVectorStore(_BatchingWrapper):
     """Queries of concurrent search() calls reach the index in one call; everything else passes through."""
+
+    inner: VectorStore
 
     def __init__(
         self,
@@ -97,8 +109,7 @@ class BatchingVectorStore:
         max_queued_queries: int,
         stats: BatcherStats | None = None,
     ) -> None:
-        self.inner = inner
-        self._batcher: MicroBatcher[SearchQuery, SearchResult] = MicroBatcher(
+        batcher: MicroBatcher[SearchQuery, SearchResult] = MicroBatcher(
             "vector store",
             inner.search,
             max_batch_size=max_batch_size,
@@ -106,31 +117,7 @@ class BatchingVectorStore:
             max_queued_items=max_queued_queries,
             stats=stats,
         )
-
-    def __getattr__(self, name: str) -> object:
-        # Members beyond the protocol (persistence, say) pass through to the wrapped store.
-        if name == "inner":  # not set yet (copying, unpickling): no recursion
-            raise AttributeError(name)
-        return getattr(self.inner, name)
-
-    @property
-    def stats(self) -> BatcherStats:
-        return self._batcher.stats
-
-    async def __aenter__(self) -> Self:
-        self._batcher.start()
-        return self
-
-    async def __aexit__(self, *exc_info: object) -> None:
-        await self._batcher.stop()
-
-    @property
-    def info(self) -> EngineInfo:
-        return self.inner.info
-
-    @property
-    def dimension(self) -> int:
-        return self.inner.dimension
+        super().__init__(inner, batcher)
 
     @property
     def size(self) -> int:
