@@ -66,4 +66,6 @@ class EggInfo(egg_info):
         super().run()
 
 
-setup(cmdclass={"build_py": BuildPy, "develop": Develop, "egg_info": EggInfo, "generate_stubs": GenerateStubs})
+setup(
+    cmdclass={"build_py": BuildPy, "develop": Develop, "egg_info": EggInfo, "generate_stubs": GenerateStubs}
+)

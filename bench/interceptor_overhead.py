@@ -97,7 +97,9 @@ def _summary(latencies_ms: list[float]) -> dict[str, float]:
     }
 
 
-def _measure(ports: dict[str, int], calls: int, warmup: int, rounds: int, deadline: float) -> dict[str, list[float]]:
+def _measure(
+    ports: dict[str, int], calls: int, warmup: int, rounds: int, deadline: float
+) -> dict[str, list[float]]:
     from rag_grpc.v1 import rag_pb2 as pb
     from rag_grpc.v1 import rag_pb2_grpc as pb_grpc
 
@@ -129,7 +131,11 @@ def _measure(ports: dict[str, int], calls: int, warmup: int, rounds: int, deadli
 
 
 def run(
-    calls: int = 3000, warmup: int = 300, rounds: int = 10, time_limit_s: float = 180.0, redis_url: str | None = None
+    calls: int = 3000,
+    warmup: int = 300,
+    rounds: int = 10,
+    time_limit_s: float = 180.0,
+    redis_url: str | None = None,
 ) -> dict[str, Any]:
     """Measures Info on each server `calls` times (fewer if `time_limit_s` runs out); prints a table and
     returns {"variants": {name: {p50_ms, p90_ms, p99_ms, mean_ms, calls}}, "overhead_p50_ms", ...}."""
@@ -166,7 +172,9 @@ def run(
 def _print_table(result: dict[str, Any]) -> None:
     print(f"{'server':<12} {'calls':>6} {'p50 ms':>8} {'p90 ms':>8} {'p99 ms':>8} {'mean ms':>8}")
     for name, n in result["variants"].items():
-        print(f"{name:<12} {n['calls']:>6} {n['p50_ms']:>8.3f} {n['p90_ms']:>8.3f} {n['p99_ms']:>8.3f} {n['mean_ms']:>8.3f}")
+        print(
+            f"{name:<12} {n['calls']:>6} {n['p50_ms']:>8.3f} {n['p90_ms']:>8.3f} {n['p99_ms']:>8.3f} {n['mean_ms']:>8.3f}"
+        )
     print(
         f"full chain adds {result['overhead_p50_ms']:.3f} ms at p50 and {result['overhead_p99_ms']:.3f} ms at p99 "
         f"(goal: <= {GOAL_P50_MS} ms at p50: {'met' if result['meets_goal'] else 'NOT met'})"
@@ -179,7 +187,9 @@ def _print_table(result: dict[str, Any]) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--calls", type=int, default=3000, help="measured calls per server")
     parser.add_argument("--warmup", type=int, default=300, help="unmeasured calls per server first")
     parser.add_argument("--rounds", type=int, default=10, help="alternations between the servers")

@@ -20,7 +20,9 @@ from rag_grpc.v1 import rag_pb2 as pb
 from rag_grpc.v1 import rag_pb2_grpc as pb_grpc
 
 # Sampled without a seed, so no answer comes from the cache.
-REQUEST = pb.GenerateRequest(prompt="Name three rivers.", sampling=pb.SamplingParams(max_tokens=16, temperature=0.7))
+REQUEST = pb.GenerateRequest(
+    prompt="Name three rivers.", sampling=pb.SamplingParams(max_tokens=16, temperature=0.7)
+)
 
 
 def _p99(values: list[float]) -> float:
@@ -45,7 +47,9 @@ async def _one(stub: pb_grpc.GenerateServiceStub) -> tuple[str, float]:
     return code, time.perf_counter() - started
 
 
-async def _closed_loop(stub: pb_grpc.GenerateServiceStub, clients: int, duration_s: float) -> list[tuple[str, float]]:
+async def _closed_loop(
+    stub: pb_grpc.GenerateServiceStub, clients: int, duration_s: float
+) -> list[tuple[str, float]]:
     results: list[tuple[str, float]] = []
     stop_at = time.perf_counter() + duration_s
 
@@ -57,7 +61,9 @@ async def _closed_loop(stub: pb_grpc.GenerateServiceStub, clients: int, duration
     return results
 
 
-async def _open_loop(stub: pb_grpc.GenerateServiceStub, rate_per_s: float, duration_s: float) -> list[tuple[str, float]]:
+async def _open_loop(
+    stub: pb_grpc.GenerateServiceStub, rate_per_s: float, duration_s: float
+) -> list[tuple[str, float]]:
     tasks = []
     count = min(int(rate_per_s * duration_s), 2_000)
     started = time.perf_counter()

@@ -20,7 +20,10 @@ from rag_grpc.v1 import rag_pb2_grpc as pb_grpc
 
 
 async def serve_generate(
-    streams: Sequence[int] = (1, 16), tokens: int = 64, duration_s: float = 30.0, max_requests: int = 200,
+    streams: Sequence[int] = (1, 16),
+    tokens: int = 64,
+    duration_s: float = 30.0,
+    max_requests: int = 200,
     warmup_s: float = 5.0,
 ) -> dict[str, Any]:
     settings = Settings(_env_file=None, port=0, log_level="warning")  # type: ignore[call-arg]
@@ -31,7 +34,9 @@ async def serve_generate(
         try:
             async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel:
                 stub = pb_grpc.GenerateServiceStub(channel)
-                request = pb.GenerateRequest(prompt=GENERATE_PROMPT, sampling=pb.SamplingParams(max_tokens=tokens))
+                request = pb.GenerateRequest(
+                    prompt=GENERATE_PROMPT, sampling=pb.SamplingParams(max_tokens=tokens)
+                )
 
                 async def call(_: int) -> Sample:
                     first, items = None, 0

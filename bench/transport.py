@@ -38,7 +38,9 @@ class InstantGenerator:
     async def generate(self, request: GenerationRequest) -> AsyncIterator[GenerationChunk]:
         for i in range(request.sampling.max_tokens):
             last = i == request.sampling.max_tokens - 1
-            yield GenerationChunk("tok ", 1, FinishReason.LENGTH if last else None, prompt_tokens=1 if last else 0)
+            yield GenerationChunk(
+                "tok ", 1, FinishReason.LENGTH if last else None, prompt_tokens=1 if last else 0
+            )
             if i % 16 == 15:
                 await asyncio.sleep(0)  # a real engine hands over the loop between decode steps
 
@@ -63,7 +65,11 @@ async def _messages_per_s(target: str, streams: int, tokens: int, duration_s: fl
         result = await run_load(call, concurrency=streams, duration_s=duration_s, max_requests=100_000)
         wall = time.perf_counter() - started
     summary = result.summary()
-    return {"streams": streams, "tokens_per_s": summary["items_per_s"], "messages_per_s": counts["messages"] / wall}
+    return {
+        "streams": streams,
+        "tokens_per_s": summary["items_per_s"],
+        "messages_per_s": counts["messages"] / wall,
+    }
 
 
 async def bench_transport(settings: Settings | None = None, duration_s: float = 5.0) -> dict[str, Any]:

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Streams a Generate call through the generated stubs and prints tokens as they arrive.
 
-    .venv/bin/python clients/stream_generate.py "Which planet has the tallest volcano?" --retrieve 2
+.venv/bin/python clients/stream_generate.py "Which planet has the tallest volcano?" --retrieve 2
 """
 
 from __future__ import annotations
@@ -16,7 +16,9 @@ from rag_grpc.v1 import rag_pb2 as pb
 from rag_grpc.v1 import rag_pb2_grpc as pb_grpc
 
 
-async def stream(target: str, prompt: str, retrieve: int, max_tokens: int, temperature: float, timeout: float) -> int:
+async def stream(
+    target: str, prompt: str, retrieve: int, max_tokens: int, temperature: float, timeout: float
+) -> int:
     request = pb.GenerateRequest(
         prompt=prompt, sampling=pb.SamplingParams(max_tokens=max_tokens, temperature=temperature)
     )
@@ -47,7 +49,9 @@ async def stream(target: str, prompt: str, retrieve: int, max_tokens: int, tempe
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("prompt")
     parser.add_argument("--target", default="127.0.0.1:50051")
     parser.add_argument("--retrieve", type=int, default=0, help="ground the answer on this many documents")
@@ -55,7 +59,9 @@ def main() -> int:
     parser.add_argument("--temperature", type=float, default=0.0)
     parser.add_argument("--timeout", type=float, default=120.0, help="deadline in seconds")
     args = parser.parse_args()
-    return asyncio.run(stream(args.target, args.prompt, args.retrieve, args.max_tokens, args.temperature, args.timeout))
+    return asyncio.run(
+        stream(args.target, args.prompt, args.retrieve, args.max_tokens, args.temperature, args.timeout)
+    )
 
 
 if __name__ == "__main__":

@@ -34,6 +34,7 @@ from rag_grpc.settings import Settings
 
 log = structlog.get_logger(__name__)
 
+
 def ipaddress_is_loopback(host: str) -> bool:
     try:
         return ipaddress.ip_address(host).is_loopback
@@ -61,12 +62,19 @@ def build_interceptors(
     in when it holds a Redis connection).
     """
     metrics = metrics if metrics is not None else GrpcMetrics(CollectorRegistry())
-    chain: list[grpc.aio.ServerInterceptor] = [RequestLogInterceptor(settings.log_payloads), MetricsInterceptor(metrics)]
+    chain: list[grpc.aio.ServerInterceptor] = [
+        RequestLogInterceptor(settings.log_payloads),
+        MetricsInterceptor(metrics),
+    ]
     keys = KeyRing.from_settings(settings)
     if len(keys):
         if settings.tls_cert_file is None and not ipaddress_is_loopback(settings.host):
-            log.warning("api_keys_over_plaintext", host=settings.host, hint="set tls_cert_file and tls_key_file")
-        open_services = (health.SERVICE_NAME, reflection.SERVICE_NAME) if settings.auth_open_health_and_reflection else ()
+            log.warning(
+                "api_keys_over_plaintext", host=settings.host, hint="set tls_cert_file and tls_key_file"
+            )
+        open_services = (
+            (health.SERVICE_NAME, reflection.SERVICE_NAME) if settings.auth_open_health_and_reflection else ()
+        )
         chain.append(AuthInterceptor(keys, metrics, open_services))
     limiter = limiter if limiter is not None else build_rate_limiter(settings)
     if limiter is not None:

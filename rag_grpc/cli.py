@@ -18,13 +18,17 @@ def _add_settings_options(parser: argparse.ArgumentParser) -> None:
     for name, field in Settings.model_fields.items():
         flag = "--" + name.replace("_", "-")
         if field.annotation is bool:
-            parser.add_argument(flag, dest=name, action=argparse.BooleanOptionalAction, default=None, help=field.description)
+            parser.add_argument(
+                flag, dest=name, action=argparse.BooleanOptionalAction, default=None, help=field.description
+            )
         else:
             parser.add_argument(flag, dest=name, default=None, metavar=name.upper(), help=field.description)
 
 
 def settings_from_args(args: argparse.Namespace) -> Settings:
-    overrides = {name: getattr(args, name) for name in Settings.model_fields if getattr(args, name, None) is not None}
+    overrides = {
+        name: getattr(args, name) for name in Settings.model_fields if getattr(args, name, None) is not None
+    }
     return Settings(**overrides)
 
 
@@ -43,7 +47,9 @@ def _auth_metadata(api_key_file: Path | None) -> tuple[tuple[str, str], ...] | N
 
 def _add_client_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--target", default="127.0.0.1:50051", help="server address")
-    parser.add_argument("--api-key-file", type=Path, help="file holding a read-write API key, when the server needs one")
+    parser.add_argument(
+        "--api-key-file", type=Path, help="file holding a read-write API key, when the server needs one"
+    )
     parser.add_argument("--tls-ca-file", type=Path, help="PEM CA that signed the server's certificate (TLS)")
 
 
@@ -109,7 +115,9 @@ async def _snapshot(target: str, api_key_file: Path | None = None, tls_ca_file: 
             print(f"snapshot failed: {err.code().name}: {err.details()}", file=sys.stderr)
             return 1
     if not response.written:
-        print(f"snapshot already current at index version {response.index_version} ({response.documents} documents)")
+        print(
+            f"snapshot already current at index version {response.index_version} ({response.documents} documents)"
+        )
     else:
         print(
             f"snapshot written: index version {response.index_version}, {response.documents} documents, "
@@ -129,11 +137,14 @@ def main(argv: list[str] | None = None) -> int:
     ingest.add_argument("--batch-size", type=int, default=64, help="documents per Ingest message")
     ingest.add_argument("--chunk-chars", type=int, default=1000, help="longest chunk cut from a text file")
     new_key = commands.add_parser(
-        "new-api-key", help="make a random API key; prints it once, and its line for api_keys_file (hash only)"
+        "new-api-key",
+        help="make a random API key; prints it once, and its line for api_keys_file (hash only)",
     )
     new_key.add_argument("name", help="caller name shown in logs and metrics")
     new_key.add_argument("--role", choices=["read-only", "read-write"], default="read-only")
-    snapshot = commands.add_parser("snapshot", help="ask a running server (with a data_dir) to snapshot its index now")
+    snapshot = commands.add_parser(
+        "snapshot", help="ask a running server (with a data_dir) to snapshot its index now"
+    )
     _add_client_options(snapshot)
     args = parser.parse_args(argv)
 
@@ -158,7 +169,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "snapshot":
         return asyncio.run(_snapshot(args.target, args.api_key_file, args.tls_ca_file))
     return asyncio.run(
-        _ingest(args.target, args.paths, args.batch_size, args.chunk_chars, args.api_key_file, args.tls_ca_file)
+        _ingest(
+            args.target, args.paths, args.batch_size, args.chunk_chars, args.api_key_file, args.tls_ca_file
+        )
     )
 
 

@@ -29,4 +29,6 @@ def configure_logging(level: str = "info", json: bool = True, stream: TextIO | N
         cache_logger_on_first_use=False,
     )
     # Libraries that use stdlib logging (transformers, grpc) go to the same stream, less verbosely.
-    logging.basicConfig(level=max(numeric, logging.WARNING), stream=sys.stderr, format="%(levelname)s %(name)s %(message)s")
+    logging.basicConfig(
+        level=max(numeric, logging.WARNING), stream=sys.stderr, format="%(levelname)s %(name)s %(message)s"
+    )

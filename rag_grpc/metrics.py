@@ -16,14 +16,70 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, star
 
 GRPC_LABELS = ("grpc_type", "grpc_service", "grpc_method")
 HANDLING_SECONDS_BUCKETS = (
-    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300
+    0.0005,
+    0.001,
+    0.0025,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1,
+    2.5,
+    5,
+    10,
+    30,
+    60,
+    120,
+    300,
 )
 # vLLM's buckets.
 TTFT_BUCKETS = (
-    0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75, 1, 2.5, 5, 7.5, 10, 20, 40, 80, 160, 640, 2560
+    0.001,
+    0.005,
+    0.01,
+    0.02,
+    0.04,
+    0.06,
+    0.08,
+    0.1,
+    0.25,
+    0.5,
+    0.75,
+    1,
+    2.5,
+    5,
+    7.5,
+    10,
+    20,
+    40,
+    80,
+    160,
+    640,
+    2560,
 )
 INTER_TOKEN_BUCKETS = (
-    0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.75, 1, 2.5, 5, 7.5, 10, 20, 40, 80
+    0.01,
+    0.025,
+    0.05,
+    0.075,
+    0.1,
+    0.15,
+    0.2,
+    0.3,
+    0.4,
+    0.5,
+    0.75,
+    1,
+    2.5,
+    5,
+    7.5,
+    10,
+    20,
+    40,
+    80,
 )
 TOKENS_BUCKETS = (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000, 10000, 20000, 50000)
 # TEI's batch-size buckets: powers of two up to 4096.
@@ -55,9 +111,14 @@ class GrpcMetrics:
         self.msg_received = Counter(
             "grpc_server_msg_received_total", "Request messages received.", GRPC_LABELS, registry=registry
         )
-        self.msg_sent = Counter("grpc_server_msg_sent_total", "Response messages sent.", GRPC_LABELS, registry=registry)
+        self.msg_sent = Counter(
+            "grpc_server_msg_sent_total", "Response messages sent.", GRPC_LABELS, registry=registry
+        )
         self.auth_failures = Counter(
-            "rag_auth_failures_total", "Calls refused by authentication or authorization.", ("reason",), registry=registry
+            "rag_auth_failures_total",
+            "Calls refused by authentication or authorization.",
+            ("reason",),
+            registry=registry,
         )
         self.rate_limited = Counter(
             "rag_rate_limited_total",
@@ -93,7 +154,10 @@ class ServiceMetrics:
             registry=registry,
         )
         self.prompt_tokens = Counter(
-            "rag_generate_prompt_tokens_total", "Prompt tokens read by generators.", ("model",), registry=registry
+            "rag_generate_prompt_tokens_total",
+            "Prompt tokens read by generators.",
+            ("model",),
+            registry=registry,
         )
         self.generation_tokens = Counter(
             "rag_generate_generation_tokens_total", "Tokens generated.", ("model",), registry=registry
@@ -114,12 +178,20 @@ class ServiceMetrics:
         )
         # Recorded by the micro-batchers (see metrics_adapters.BatchSizeMetrics), which form the model batches.
         self.embed_batch_size = Histogram(
-            "rag_embed_batch_size", "Texts per embedding model call.", buckets=BATCH_SIZE_BUCKETS, registry=registry
+            "rag_embed_batch_size",
+            "Texts per embedding model call.",
+            buckets=BATCH_SIZE_BUCKETS,
+            registry=registry,
         )
         self.search_batch_size = Histogram(
-            "rag_search_batch_size", "Queries per index search call.", buckets=BATCH_SIZE_BUCKETS, registry=registry
+            "rag_search_batch_size",
+            "Queries per index search call.",
+            buckets=BATCH_SIZE_BUCKETS,
+            registry=registry,
         )
-        self.embed_tokens = Counter("rag_embed_tokens_total", "Tokens embedded (cache hits excluded).", registry=registry)
+        self.embed_tokens = Counter(
+            "rag_embed_tokens_total", "Tokens embedded (cache hits excluded).", registry=registry
+        )
         self.retrieve_seconds = Histogram(
             "rag_retrieve_duration_seconds",
             "Time to answer one retrieval (embedding the query included).",
@@ -127,13 +199,23 @@ class ServiceMetrics:
             registry=registry,
         )
         self.retrieve_results = Histogram(
-            "rag_retrieve_results", "Hits returned per retrieval.", buckets=RETRIEVE_RESULTS_BUCKETS, registry=registry
+            "rag_retrieve_results",
+            "Hits returned per retrieval.",
+            buckets=RETRIEVE_RESULTS_BUCKETS,
+            registry=registry,
         )
         self.index_vectors = Gauge("rag_index_vectors", "Vectors in the index.", registry=registry)
-        self.cache_hits = Counter("rag_cache_hits_total", "Cache lookups that hit.", ("cache",), registry=registry)
-        self.cache_misses = Counter("rag_cache_misses_total", "Cache lookups that missed.", ("cache",), registry=registry)
+        self.cache_hits = Counter(
+            "rag_cache_hits_total", "Cache lookups that hit.", ("cache",), registry=registry
+        )
+        self.cache_misses = Counter(
+            "rag_cache_misses_total", "Cache lookups that missed.", ("cache",), registry=registry
+        )
         self.cache_errors = Counter(
-            "rag_cache_errors_total", "Cache operations that failed (counted as misses).", ("cache",), registry=registry
+            "rag_cache_errors_total",
+            "Cache operations that failed (counted as misses).",
+            ("cache",),
+            registry=registry,
         )
 
     def watch_index(self, size: Callable[[], float]) -> None:

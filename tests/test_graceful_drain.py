@@ -27,9 +27,13 @@ async def test_sigterm_drains_in_flight_streams_and_keeps_data(tmp_path: Path) -
     try:
         async with grpc.aio.insecure_channel(target) as channel:
             documents = pb_grpc.DocumentServiceStub(channel)
-            await documents.Upsert(pb.UpsertRequest(documents=[pb.Document(id="kept", text="Acknowledged before shutdown.")]))
+            await documents.Upsert(
+                pb.UpsertRequest(documents=[pb.Document(id="kept", text="Acknowledged before shutdown.")])
+            )
             stream = pb_grpc.GenerateServiceStub(channel).Generate(
-                pb.GenerateRequest(prompt="Write a story about a lighthouse.", sampling=pb.SamplingParams(max_tokens=48))
+                pb.GenerateRequest(
+                    prompt="Write a story about a lighthouse.", sampling=pb.SamplingParams(max_tokens=48)
+                )
             )
             first = await stream.read()
             assert first.HasField("delta")
@@ -61,7 +65,9 @@ async def test_sigterm_drains_in_flight_streams_and_keeps_data(tmp_path: Path) -
 
         target = await asyncio.to_thread(server.start)
         async with grpc.aio.insecure_channel(target) as channel:
-            hits = await pb_grpc.RetrieveServiceStub(channel).Retrieve(pb.RetrieveRequest(text="shutdown", top_k=1))
+            hits = await pb_grpc.RetrieveServiceStub(channel).Retrieve(
+                pb.RetrieveRequest(text="shutdown", top_k=1)
+            )
             assert [h.id for h in hits.hits] == ["kept"]
     finally:
         server.kill()

@@ -28,7 +28,10 @@ def _wait_serving(target: str, timeout: float) -> bool:
         stub = health_pb2_grpc.HealthStub(channel)
         while time.monotonic() < deadline:
             try:
-                if stub.Check(health_pb2.HealthCheckRequest(), timeout=1).status == health_pb2.HealthCheckResponse.SERVING:
+                if (
+                    stub.Check(health_pb2.HealthCheckRequest(), timeout=1).status
+                    == health_pb2.HealthCheckResponse.SERVING
+                ):
                     return True
             except grpc.RpcError:
                 time.sleep(0.5)
@@ -42,20 +45,36 @@ def test_make_serve_then_smoke_script_then_clean_shutdown(tmp_path: Path) -> Non
     with log_path.open("wb") as log:
         server = subprocess.Popen(
             ["make", "-s", "serve", f"PORT={port}", f"DATA_DIR={tmp_path / 'data'}"],
-            cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+            cwd=ROOT,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
         )
     try:
         assert _wait_serving(target, timeout=180), log_path.read_text()[-3000:]
         env = {**os.environ, "GRPCURL": str(Path(sys.executable).parent / "grpcurl")}
         smoke = subprocess.run(
-            [str(ROOT / "clients" / "grpcurl_smoke.sh"), target], env=env, capture_output=True, text=True, timeout=180
+            [str(ROOT / "clients" / "grpcurl_smoke.sh"), target],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=180,
         )
         assert smoke.returncode == 0, smoke.stdout + smoke.stderr
         assert "SMOKE OK" in smoke.stdout
         # The demo corpus was loaded: a question about it retrieves it.
         retrieve = subprocess.run(
-            [env["GRPCURL"], "-plaintext", "-d", '{"text": "Fresnel lens", "top_k": 1}', target, "rag_grpc.v1.RetrieveService/Retrieve"],
-            capture_output=True, text=True, timeout=60,
+            [
+                env["GRPCURL"],
+                "-plaintext",
+                "-d",
+                '{"text": "Fresnel lens", "top_k": 1}',
+                target,
+                "rag_grpc.v1.RetrieveService/Retrieve",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=60,
         )
         assert "lighthouses.md" in retrieve.stdout, retrieve.stdout + retrieve.stderr
     finally:

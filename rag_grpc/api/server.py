@@ -77,7 +77,9 @@ class RagServer:
         pb_grpc.add_InfoServiceServicer_to_server(servicers.InfoServicer(service), self._server)
         pb_grpc.add_AdminServiceServicer_to_server(servicers.AdminServicer(service), self._server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self._server)
-        reflection.enable_server_reflection((*SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME), self._server)
+        reflection.enable_server_reflection(
+            (*SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME), self._server
+        )
         self.port = 0
 
     async def start(self) -> int:

@@ -64,7 +64,9 @@ class GenerateServicer(pb_grpc.GenerateServiceServicer):
             # write completes (a client that never reads again is ended by its deadline or the server's).
             await stream.aclose()
             await write
-            raise ResourceExhausted(f"client read nothing for {self._stall_timeout_s:g} s; generation aborted") from None
+            raise ResourceExhausted(
+                f"client read nothing for {self._stall_timeout_s:g} s; generation aborted"
+            ) from None
         except asyncio.CancelledError:
             write.cancel()
             raise
@@ -82,7 +84,9 @@ class DocumentServicer(pb_grpc.DocumentServiceServicer):
         result = await self._service.delete(list(request.ids))
         return pb.DeleteResponse(deleted=result.count, index_version=result.index_version)
 
-    async def Ingest(self, request_iterator: AsyncIterator[pb.IngestRequest], context: Context) -> pb.IngestResponse:
+    async def Ingest(
+        self, request_iterator: AsyncIterator[pb.IngestRequest], context: Context
+    ) -> pb.IngestResponse:
         async def batches() -> AsyncIterator[list[Document]]:
             async for request in request_iterator:
                 yield converters.documents(request.documents)

@@ -13,4 +13,3 @@ def control_tokens(tokenizer: Any) -> list[str]:
     """
     added = set(tokenizer.get_added_vocab())
     return sorted(added | set(tokenizer.all_special_tokens))
-

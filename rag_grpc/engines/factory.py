@@ -58,7 +58,9 @@ def build_vector_store(settings: Settings, dimension: int) -> VectorStore:
     )
 
 
-def with_embed_batching(settings: Settings, embedder: Embedder, stats: BatcherStats | None = None) -> BatchingEmbedder:
+def with_embed_batching(
+    settings: Settings, embedder: Embedder, stats: BatcherStats | None = None
+) -> BatchingEmbedder:
     return BatchingEmbedder(
         embedder,
         max_batch_size=settings.embed_batch_max_size,
@@ -68,7 +70,9 @@ def with_embed_batching(settings: Settings, embedder: Embedder, stats: BatcherSt
     )
 
 
-def with_search_batching(settings: Settings, store: VectorStore, stats: BatcherStats | None = None) -> BatchingVectorStore:
+def with_search_batching(
+    settings: Settings, store: VectorStore, stats: BatcherStats | None = None
+) -> BatchingVectorStore:
     return BatchingVectorStore(
         store,
         max_batch_size=settings.search_batch_max_size,
@@ -84,7 +88,9 @@ async def build_generator(settings: Settings) -> Generator:
     if settings.generator_model == BUNDLED_GENERATOR:
         model_id = "SmolLM2-135M-Instruct"
     model_dir = source
-    if source.suffix == ".gguf" and (settings.generator_backend == "transformers" or not settings.generator_tokenizer):
+    if source.suffix == ".gguf" and (
+        settings.generator_backend == "transformers" or not settings.generator_tokenizer
+    ):
         # Both engines load the dequantized copy: vLLM 0.33 needs an out-of-tree plugin for GGUF and
         # rebuilding a tokenizer from GGUF is slow and unreliable there.
         model_dir = await asyncio.to_thread(converted_model_dir, source, settings.model_cache_dir)
@@ -138,5 +144,7 @@ async def open_engines(
         # A durable store is left after the search batcher and before the embedder: its final snapshot
         # follows the last search and write.
         raw_store = await stack.enter_async_context(build_vector_store(settings, embedder.dimension))
-        vector_store = await stack.enter_async_context(with_search_batching(settings, raw_store, search_stats))
+        vector_store = await stack.enter_async_context(
+            with_search_batching(settings, raw_store, search_stats)
+        )
         yield Engines(embedder=embedder, vector_store=vector_store, generators=generators)

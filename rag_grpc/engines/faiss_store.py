@@ -78,7 +78,9 @@ class FaissVectorStore:
 
     async def upsert(self, documents: Sequence[Document], vectors: FloatMatrix) -> int:
         if vectors.shape != (len(documents), self._dimension):
-            raise InvalidArgument("vectors", f"expected shape ({len(documents)}, {self._dimension}), got {vectors.shape}")
+            raise InvalidArgument(
+                "vectors", f"expected shape ({len(documents)}, {self._dimension}), got {vectors.shape}"
+            )
         return await self._run(self._upsert, list(documents), np.ascontiguousarray(vectors, dtype=np.float32))
 
     async def delete(self, ids: Sequence[str]) -> int:
@@ -87,7 +89,9 @@ class FaissVectorStore:
     async def search(self, queries: Sequence[SearchQuery]) -> list[SearchResult]:
         for query in queries:
             if query.vector.shape != (self._dimension,):
-                raise InvalidArgument("vector", f"expected {self._dimension} values, got {query.vector.shape[0]}")
+                raise InvalidArgument(
+                    "vector", f"expected {self._dimension} values, got {query.vector.shape[0]}"
+                )
         return await self._run(self._search, list(queries))
 
     async def get(self, ids: Sequence[str]) -> Mapping[str, Document]:
@@ -154,7 +158,11 @@ class FaissVectorStore:
         # The CPU master always holds every vector (GPU indexes cannot be read back or serialized).
         internal_ids = faiss.vector_to_array(self._master.id_map)
         count = self._master.ntotal
-        vectors = self._master.index.reconstruct_n(0, count) if count else np.empty((0, self._dimension), np.float32)
+        vectors = (
+            self._master.index.reconstruct_n(0, count)
+            if count
+            else np.empty((0, self._dimension), np.float32)
+        )
         documents = [self._documents[i] for i in internal_ids.tolist()]
         return StoreState(documents=documents, vectors=vectors, version=self._version)
 
@@ -221,5 +229,7 @@ class FaissVectorStore:
             if query.min_score is not None and score < query.min_score:
                 break  # scores are sorted, nothing later can pass
             document = self._documents[internal_id]
-            hits.append(Hit(id=document.id, score=float(score), text=document.text, metadata=dict(document.metadata)))
+            hits.append(
+                Hit(id=document.id, score=float(score), text=document.text, metadata=dict(document.metadata))
+            )
         return SearchResult(hits=hits, index_version=self._version)

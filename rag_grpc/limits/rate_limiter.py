@@ -50,7 +50,11 @@ class RateLimiter:
     def _rule_for(self, full_method: str) -> RateLimitRule | None:
         """The most specific rule: full method, then method name, then service, then '*'."""
         service, _, name = full_method.lstrip("/").partition("/")
-        keys = (full_method, name, service, "*") if service.startswith(_WILDCARD_SCOPE) else (full_method, name, service)
+        keys = (
+            (full_method, name, service, "*")
+            if service.startswith(_WILDCARD_SCOPE)
+            else (full_method, name, service)
+        )
         for key in keys:
             rule = self._rules.get(key)
             if rule is not None:
@@ -66,7 +70,14 @@ class RateLimiter:
         reasons: list[str] = []
         base = f"{self._prefix}{caller}:{full_method}"
         if rule.requests_per_s and requests:
-            charges.append(Charge(f"{base}:req", rule.requests_per_s, _burst(rule.request_burst, rule.requests_per_s), requests))
+            charges.append(
+                Charge(
+                    f"{base}:req",
+                    rule.requests_per_s,
+                    _burst(rule.request_burst, rule.requests_per_s),
+                    requests,
+                )
+            )
             reasons.append("requests")
         if rule.tokens_per_s and tokens:
             burst = _burst(rule.token_burst, rule.tokens_per_s)
@@ -119,7 +130,11 @@ def build_rate_limiter(settings: Settings) -> RateLimiter | None:
     if settings.rate_limit_backend == "redis":
         from rag_grpc.limits.redis_buckets import RedisBuckets
 
-        store = RedisBuckets(settings.rate_limit_redis_url.get_secret_value(), settings.rate_limit_redis_timeout_s)
+        store = RedisBuckets(
+            settings.rate_limit_redis_url.get_secret_value(), settings.rate_limit_redis_timeout_s
+        )
     else:
         store = MemoryBuckets()
-    return RateLimiter(settings.rate_limits, store, settings.rate_limit_key_prefix, settings.rate_limit_fail_open)
+    return RateLimiter(
+        settings.rate_limits, store, settings.rate_limit_key_prefix, settings.rate_limit_fail_open
+    )

@@ -62,7 +62,11 @@ def grounded_messages(
         budget -= len(text)
         document_id = _attribute(sanitize_document_text(hit.id, control_tokens))
         blocks.append(f'<document index="{n}" id="{document_id}">\n{text}\n</document>')
-    grounding = f"{GROUNDING_INSTRUCTIONS}\n<documents>\n" + "\n".join(blocks) + f"\n</documents>\n{DATA_NOT_INSTRUCTIONS}"
+    grounding = (
+        f"{GROUNDING_INSTRUCTIONS}\n<documents>\n"
+        + "\n".join(blocks)
+        + f"\n</documents>\n{DATA_NOT_INSTRUCTIONS}"
+    )
     if messages and messages[0].role == "system":
         system = ChatMessage("system", f"{messages[0].content}\n\n{grounding}")
         return [system, *messages[1:]]

@@ -146,7 +146,9 @@ class RagService:
             )
 
             def cache_key(index_version: int) -> str:
-                return entries.retrieval_key(self._index_state(index_version), subject, top_k, filter_, min_score)
+                return entries.retrieval_key(
+                    self._index_state(index_version), subject, top_k, filter_, min_score
+                )
 
             cached = await self.cache.get(CacheKind.RETRIEVAL, cache_key(store.version))
             if cached is not None:
@@ -196,7 +198,9 @@ class RagService:
         # with __getattr__, which runtime protocol checks do not see from Python 3.12 on.
         snapshot = getattr(self.engines.vector_store, "snapshot", None)
         if snapshot is None:
-            raise FailedPrecondition("snapshot: the index is kept in memory only; start the server with a data_dir")
+            raise FailedPrecondition(
+                "snapshot: the index is kept in memory only; start the server with a data_dir"
+            )
         info: SnapshotInfo = await snapshot()
         return info
 
@@ -330,7 +334,16 @@ class RagService:
                         return
             # An engine that ends without a finish reason was shut down under us.
             finish = FinishReason.CANCELLED.value
-            yield FinalEvent(FinishReason.CANCELLED, 0, completion_tokens, retrieval_ms, ttft_ms, _ms_since(started), request_id, model)
+            yield FinalEvent(
+                FinishReason.CANCELLED,
+                0,
+                completion_tokens,
+                retrieval_ms,
+                ttft_ms,
+                _ms_since(started),
+                request_id,
+                model,
+            )
         except Exception:
             finish = "error"
             raise

@@ -43,7 +43,9 @@ class Validator:
         if not texts:
             raise InvalidArgument(field, "must contain at least one text")
         if len(texts) > self._s.max_batch_texts:
-            raise InvalidArgument(field, f"has {len(texts)} texts, over the limit of {self._s.max_batch_texts}")
+            raise InvalidArgument(
+                field, f"has {len(texts)} texts, over the limit of {self._s.max_batch_texts}"
+            )
         return [self.text(f"{field}[{i}]", t) for i, t in enumerate(texts)]
 
     def metadata(self, field: str, metadata: Mapping[str, str]) -> dict[str, str]:
@@ -102,7 +104,8 @@ class Validator:
             raise InvalidArgument(field, "must contain at least one document")
         if len(documents) > self._s.max_documents_per_request:
             raise InvalidArgument(
-                field, f"has {len(documents)} documents, over the limit of {self._s.max_documents_per_request}"
+                field,
+                f"has {len(documents)} documents, over the limit of {self._s.max_documents_per_request}",
             )
         seen: set[str] = set()
         for i, document in enumerate(documents):
@@ -125,14 +128,18 @@ class Validator:
         if not ids:
             raise InvalidArgument(field, "must contain at least one id")
         if len(ids) > self._s.max_documents_per_request:
-            raise InvalidArgument(field, f"has {len(ids)} ids, over the limit of {self._s.max_documents_per_request}")
+            raise InvalidArgument(
+                field, f"has {len(ids)} ids, over the limit of {self._s.max_documents_per_request}"
+            )
         return [self.document_id(f"{field}[{i}]", i_) for i, i_ in enumerate(ids)]
 
     def sampling(self, request: GenerateInput) -> SamplingOptions:
         s = request.sampling
         max_tokens = self._s.default_max_tokens if s.max_tokens is None else s.max_tokens
         if not 1 <= max_tokens <= self._s.max_tokens:
-            raise InvalidArgument("sampling.max_tokens", f"must be between 1 and {self._s.max_tokens}, got {max_tokens}")
+            raise InvalidArgument(
+                "sampling.max_tokens", f"must be between 1 and {self._s.max_tokens}, got {max_tokens}"
+            )
         temperature = 0.0 if s.temperature is None else s.temperature
         if math.isnan(temperature) or not 0.0 <= temperature <= 2.0:
             raise InvalidArgument("sampling.temperature", f"must be between 0 and 2, got {temperature}")
@@ -145,7 +152,9 @@ class Validator:
         if top_k < 0:
             raise InvalidArgument("sampling.top_k", f"must be 0 (disabled) or positive, got {top_k}")
         if len(s.stop) > self._s.max_stop_sequences:
-            raise InvalidArgument("sampling.stop", f"has {len(s.stop)} entries, over the limit of {self._s.max_stop_sequences}")
+            raise InvalidArgument(
+                "sampling.stop", f"has {len(s.stop)} entries, over the limit of {self._s.max_stop_sequences}"
+            )
         for i, stop in enumerate(s.stop):
             if not stop or len(stop) > 256:
                 raise InvalidArgument(f"sampling.stop[{i}]", "must be 1..256 characters")
@@ -159,17 +168,25 @@ class Validator:
         if not request.messages:
             raise InvalidArgument("prompt", "set a prompt or at least one message")
         if len(request.messages) > self._s.max_messages:
-            raise InvalidArgument("messages", f"has {len(request.messages)} messages, over the limit of {self._s.max_messages}")
+            raise InvalidArgument(
+                "messages", f"has {len(request.messages)} messages, over the limit of {self._s.max_messages}"
+            )
         total = 0
         for i, message in enumerate(request.messages):
             if message.role not in CHAT_ROLES:
-                raise InvalidArgument(f"messages[{i}].role", f"must be one of {sorted(CHAT_ROLES)}, got {message.role[:40]!r}")
+                raise InvalidArgument(
+                    f"messages[{i}].role", f"must be one of {sorted(CHAT_ROLES)}, got {message.role[:40]!r}"
+                )
             self.text(f"messages[{i}].content", message.content, self._s.max_prompt_chars)
             total += len(message.content)
         if total > self._s.max_prompt_chars:
-            raise InvalidArgument("messages", f"total {total} characters, over the limit of {self._s.max_prompt_chars}")
+            raise InvalidArgument(
+                "messages", f"total {total} characters, over the limit of {self._s.max_prompt_chars}"
+            )
         if request.messages[-1].role != "user":
-            raise InvalidArgument(f"messages[{len(request.messages) - 1}].role", "the last message must be from the user")
+            raise InvalidArgument(
+                f"messages[{len(request.messages) - 1}].role", "the last message must be from the user"
+            )
         return list(request.messages)
 
     def retrieval(self, retrieval: RetrievalInput) -> RetrievalInput:

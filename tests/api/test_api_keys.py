@@ -80,7 +80,9 @@ def test_settings_never_print_inline_keys() -> None:
 def test_new_api_key_command_prints_a_usable_file_line(tmp_path: Path) -> None:
     output = subprocess.run(
         [sys.executable, "-m", "rag_grpc.cli", "new-api-key", "batch-job", "--role", "read-write"],
-        capture_output=True, text=True, check=True,
+        capture_output=True,
+        text=True,
+        check=True,
     ).stdout.splitlines()
     key = output[0].rsplit(" ", 1)[1]
     line = output[1].split(": ", 1)[1]

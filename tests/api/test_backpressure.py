@@ -19,13 +19,17 @@ async def test_a_full_embedding_queue_answers_unavailable_at_once(
     engines: Engines, settings: Settings
 ) -> None:
     assert isinstance(engines.embedder, BatchingEmbedder)
-    async with BatchingEmbedder(engines.embedder.inner, max_batch_size=8, max_wait_s=30, max_queued_texts=2) as embedder:
+    async with BatchingEmbedder(
+        engines.embedder.inner, max_batch_size=8, max_wait_s=30, max_queued_texts=2
+    ) as embedder:
         crowded = Engines(embedder=embedder, vector_store=engines.vector_store, generators=engines.generators)
         server = RagServer(settings, RagService(crowded, settings))
         await server.start()
         # Two calls in one tick look like concurrency: the worker holds them for company (30 s), so the
         # queue is full when the gRPC call arrives.
-        waiting = [asyncio.create_task(embedder.embed([text])) for text in ("first in line", "second in line")]
+        waiting = [
+            asyncio.create_task(embedder.embed([text])) for text in ("first in line", "second in line")
+        ]
         try:
             async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel:
                 while embedder.queued_texts < 2:

@@ -34,7 +34,9 @@ async def test_embed_reports_token_counts(stubs: Stubs) -> None:
 
 async def test_similar_texts_are_closer_than_unrelated_ones(stubs: Stubs) -> None:
     response = await stubs.embed.Embed(
-        pb.EmbedRequest(texts=["A cat sat on the mat.", "A kitten rested on the rug.", "Stock markets fell sharply."])
+        pb.EmbedRequest(
+            texts=["A cat sat on the mat.", "A kitten rested on the rug.", "Stock markets fell sharply."]
+        )
     )
     cat, kitten, stocks = (np.array(e.values) for e in response.embeddings)
     assert cat @ kitten > cat @ stocks + 0.2

@@ -20,7 +20,11 @@ def _text(messages: list[pb.GenerateResponse]) -> str:
 
 async def test_stream_shape_and_usage(stubs: Stubs) -> None:
     messages = await collect(
-        stubs.generate.Generate(pb.GenerateRequest(prompt="What is the capital of France?", sampling=pb.SamplingParams(max_tokens=24)))
+        stubs.generate.Generate(
+            pb.GenerateRequest(
+                prompt="What is the capital of France?", sampling=pb.SamplingParams(max_tokens=24)
+            )
+        )
     )
     kinds = [m.WhichOneof("event") for m in messages]
     assert kinds[-1] == "final" and kinds.count("final") == 1
@@ -53,14 +57,18 @@ async def test_first_delta_arrives_well_before_the_end(stubs: Stubs) -> None:
 
 
 async def test_max_tokens_ends_with_length(stubs: Stubs) -> None:
-    messages = await collect(stubs.generate.Generate(pb.GenerateRequest(prompt=STORY, sampling=pb.SamplingParams(max_tokens=5))))
+    messages = await collect(
+        stubs.generate.Generate(pb.GenerateRequest(prompt=STORY, sampling=pb.SamplingParams(max_tokens=5)))
+    )
     final = messages[-1].final
     assert final.finish_reason == pb.FINISH_REASON_LENGTH
     assert final.usage.completion_tokens == 5
 
 
 async def test_stop_sequence_ends_generation_without_the_stop_text(stubs: Stubs) -> None:
-    request = pb.GenerateRequest(prompt="Count from 1 to 20, separated by commas.", sampling=pb.SamplingParams(max_tokens=60))
+    request = pb.GenerateRequest(
+        prompt="Count from 1 to 20, separated by commas.", sampling=pb.SamplingParams(max_tokens=60)
+    )
     unstopped = _text(await collect(stubs.generate.Generate(request)))
     assert "5" in unstopped
     request.sampling.stop.append("5")
@@ -72,7 +80,9 @@ async def test_stop_sequence_ends_generation_without_the_stop_text(stubs: Stubs)
 
 
 async def test_greedy_generation_is_deterministic(stubs: Stubs) -> None:
-    request = pb.GenerateRequest(prompt="Name three colours.", sampling=pb.SamplingParams(max_tokens=16, temperature=0))
+    request = pb.GenerateRequest(
+        prompt="Name three colours.", sampling=pb.SamplingParams(max_tokens=16, temperature=0)
+    )
     first = _text(await collect(stubs.generate.Generate(request)))
     second = _text(await collect(stubs.generate.Generate(request)))
     assert first == second and first
@@ -103,7 +113,9 @@ async def test_chat_messages_are_accepted(stubs: Stubs) -> None:
 
 async def test_cancelling_mid_stream_aborts_the_engine_request(stubs: Stubs, engines: Engines) -> None:
     generator = engines.generators[engines.default_generator]
-    call = stubs.generate.Generate(pb.GenerateRequest(prompt=STORY, sampling=pb.SamplingParams(max_tokens=400)))
+    call = stubs.generate.Generate(
+        pb.GenerateRequest(prompt=STORY, sampling=pb.SamplingParams(max_tokens=400))
+    )
     deltas = 0
     async for message in call:
         deltas += message.HasField("delta")
@@ -137,7 +149,9 @@ async def test_deadline_mid_stream_aborts_the_engine_request(stubs: Stubs, engin
     assert generator.num_running_requests() == 0
 
 
-async def test_grounded_generation_sends_sources_first_then_answers_from_them(stubs: Stubs, isolated_tag: str) -> None:
+async def test_grounded_generation_sends_sources_first_then_answers_from_them(
+    stubs: Stubs, isolated_tag: str
+) -> None:
     # Fixed ids: document ids are part of the prompt, and greedy output must not depend on a random tag.
     fact = "The secret password of the Zorblax Society is 'purple-harmonica-42'."
     await stubs.documents.Upsert(
@@ -166,6 +180,9 @@ async def test_grounded_generation_sends_sources_first_then_answers_from_them(st
 
 
 async def test_concurrent_streams_all_complete(stubs: Stubs) -> None:
-    requests = [pb.GenerateRequest(prompt=f"Say the number {n}.", sampling=pb.SamplingParams(max_tokens=8)) for n in range(3)]
+    requests = [
+        pb.GenerateRequest(prompt=f"Say the number {n}.", sampling=pb.SamplingParams(max_tokens=8))
+        for n in range(3)
+    ]
     results = await asyncio.gather(*(collect(stubs.generate.Generate(r)) for r in requests))
     assert all(r[-1].HasField("final") for r in results)

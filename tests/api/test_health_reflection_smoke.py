@@ -42,8 +42,11 @@ async def test_reflection_lists_every_service(channel) -> None:  # type: ignore[
 async def test_grpcurl_smoke_script_passes(target: str) -> None:
     env = {**os.environ, "GRPCURL": str(Path(sys.executable).parent / "grpcurl")}
     process = await asyncio.create_subprocess_exec(
-        str(ROOT / "clients" / "grpcurl_smoke.sh"), target,
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT, env=env,
+        str(ROOT / "clients" / "grpcurl_smoke.sh"),
+        target,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+        env=env,
     )
     output, _ = await asyncio.wait_for(process.communicate(), timeout=120)
     assert process.returncode == 0, output.decode()

@@ -15,8 +15,14 @@ async def _upsert(stubs: Stubs, *documents: pb.Document) -> pb.UpsertResponse:
 async def test_retrieve_by_text_finds_the_relevant_document(stubs: Stubs, isolated_tag: str) -> None:
     await _upsert(
         stubs,
-        doc(f"{isolated_tag}-otters", "Sea otters hold hands while they sleep so they do not drift apart.", test=isolated_tag),
-        doc(f"{isolated_tag}-tax", "Quarterly tax filings are due at the end of the month.", test=isolated_tag),
+        doc(
+            f"{isolated_tag}-otters",
+            "Sea otters hold hands while they sleep so they do not drift apart.",
+            test=isolated_tag,
+        ),
+        doc(
+            f"{isolated_tag}-tax", "Quarterly tax filings are due at the end of the month.", test=isolated_tag
+        ),
     )
     response = await stubs.retrieve.Retrieve(
         pb.RetrieveRequest(text="how do otters sleep?", top_k=2, filter={"test": isolated_tag})
@@ -33,7 +39,9 @@ async def test_retrieve_by_vector_and_min_score(stubs: Stubs, isolated_tag: str)
     vector = list(embedded.embeddings[0].values)
 
     response = await stubs.retrieve.Retrieve(
-        pb.RetrieveRequest(vector=pb.Vector(values=[2 * v for v in vector]), top_k=1, filter={"test": isolated_tag})
+        pb.RetrieveRequest(
+            vector=pb.Vector(values=[2 * v for v in vector]), top_k=1, filter={"test": isolated_tag}
+        )
     )
     assert response.hits[0].id == f"{isolated_tag}-a"
     assert abs(response.hits[0].score - 1.0) < 1e-4  # the query is normalized by the server
@@ -66,7 +74,9 @@ async def test_upsert_replaces_and_every_write_bumps_the_version(stubs: Stubs, i
     second = await _upsert(stubs, doc(f"{isolated_tag}-x", "The new text about glaciers.", test=isolated_tag))
     assert second.index_version > first.index_version
 
-    response = await stubs.retrieve.Retrieve(pb.RetrieveRequest(text="glaciers", top_k=5, filter={"test": isolated_tag}))
+    response = await stubs.retrieve.Retrieve(
+        pb.RetrieveRequest(text="glaciers", top_k=5, filter={"test": isolated_tag})
+    )
     assert [h.text for h in response.hits] == ["The new text about glaciers."]
     assert response.index_version == second.index_version
 
@@ -82,7 +92,9 @@ async def test_delete_removes_documents(stubs: Stubs, isolated_tag: str) -> None
     assert deleted.deleted == 1
     info_after = await stubs.info.Info(pb.InfoRequest())
     assert info_after.index.size == info_before.index.size - 1
-    response = await stubs.retrieve.Retrieve(pb.RetrieveRequest(text="note", top_k=5, filter={"test": isolated_tag}))
+    response = await stubs.retrieve.Retrieve(
+        pb.RetrieveRequest(text="note", top_k=5, filter={"test": isolated_tag})
+    )
     assert [h.id for h in response.hits] == [f"{isolated_tag}-2"]
 
 
@@ -102,12 +114,17 @@ async def test_ingest_streams_batches(stubs: Stubs, isolated_tag: str) -> None:
     async def requests():  # type: ignore[no-untyped-def]
         for batch in range(3):
             yield pb.IngestRequest(
-                documents=[doc(f"{isolated_tag}-{batch}-{i}", f"Batch {batch} item {i}.", test=isolated_tag) for i in range(4)]
+                documents=[
+                    doc(f"{isolated_tag}-{batch}-{i}", f"Batch {batch} item {i}.", test=isolated_tag)
+                    for i in range(4)
+                ]
             )
 
     response = await stubs.documents.Ingest(requests())
     assert (response.documents, response.batches) == (12, 3)
-    hits = await stubs.retrieve.Retrieve(pb.RetrieveRequest(text="item", top_k=20, filter={"test": isolated_tag}))
+    hits = await stubs.retrieve.Retrieve(
+        pb.RetrieveRequest(text="item", top_k=20, filter={"test": isolated_tag})
+    )
     assert len(hits.hits) == 12
 
 

@@ -69,7 +69,13 @@ async def test_a_call_without_deadline_gets_the_server_ceiling(ceiling_server: s
         stub = pb_grpc.GenerateServiceStub(channel)
         started = time.monotonic()
         with pytest.raises(grpc.aio.AioRpcError) as caught:
-            await collect(stub.Generate(pb.GenerateRequest(prompt="Write a long story.", sampling=pb.SamplingParams(max_tokens=1000))))
+            await collect(
+                stub.Generate(
+                    pb.GenerateRequest(
+                        prompt="Write a long story.", sampling=pb.SamplingParams(max_tokens=1000)
+                    )
+                )
+            )
     assert caught.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
     assert "1.5 s" in (caught.value.details() or "")
     assert time.monotonic() - started < 10
@@ -81,7 +87,10 @@ async def test_a_client_that_stops_reading_is_cut_off_and_its_generation_aborted
 ) -> None:
     # Sources of ~300 KB exceed the flow-control window of a client that reads nothing, so the write blocks.
     async with grpc.aio.insecure_channel(stall_server) as channel:
-        documents = [pb.Document(id=f"{isolated_tag}-{i}", text=f"filler {i} " * 800, metadata={"test": isolated_tag}) for i in range(40)]
+        documents = [
+            pb.Document(id=f"{isolated_tag}-{i}", text=f"filler {i} " * 800, metadata={"test": isolated_tag})
+            for i in range(40)
+        ]
         await pb_grpc.DocumentServiceStub(channel).Upsert(pb.UpsertRequest(documents=documents), timeout=120)
     client = await asyncio.create_subprocess_exec(
         sys.executable, "-c", STALLED_CLIENT, stall_server, isolated_tag, stdout=asyncio.subprocess.PIPE
@@ -93,7 +102,9 @@ async def test_a_client_that_stops_reading_is_cut_off_and_its_generation_aborted
         deadline = time.monotonic() + 5
         while not generator.num_running_requests() and time.monotonic() < deadline:
             await asyncio.sleep(0.01)
-        assert generator.num_running_requests() == 1, "the generation should run while the sources write waits"
+        assert generator.num_running_requests() == 1, (
+            "the generation should run while the sources write waits"
+        )
         # The stall timeout (5 s) aborts the 400-token generation (over 20 s of decoding) and frees the engine.
         # The status can only follow the pending write, so a client that never reads again is ended by its
         # deadline or the server's ceiling.

@@ -59,7 +59,11 @@ def _tls(pki: Pki, client: Issued | None = None) -> grpc.ChannelCredentials:
 
 
 async def _info(target: str, credentials: grpc.ChannelCredentials | None) -> pb.InfoResponse:
-    channel = grpc.aio.insecure_channel(target) if credentials is None else grpc.aio.secure_channel(target, credentials)
+    channel = (
+        grpc.aio.insecure_channel(target)
+        if credentials is None
+        else grpc.aio.secure_channel(target, credentials)
+    )
     async with channel:
         return await pb_grpc.InfoServiceStub(channel).Info(pb.InfoRequest(), timeout=10)
 
@@ -67,7 +71,13 @@ async def _info(target: str, credentials: grpc.ChannelCredentials | None) -> pb.
 @pytest.fixture(scope="module")
 async def tls_server(engines: Engines, settings: Settings, pki: Pki) -> AsyncIterator[RunningServer]:
     d = pki.directory
-    async with serving(engines, settings, secure_channel=_tls(pki), tls_cert_file=d / "server.crt", tls_key_file=d / "server.key") as s:
+    async with serving(
+        engines,
+        settings,
+        secure_channel=_tls(pki),
+        tls_cert_file=d / "server.crt",
+        tls_key_file=d / "server.key",
+    ) as s:
         yield s
 
 
@@ -91,17 +101,23 @@ async def test_tls_serves_a_client_that_trusts_the_ca(tls_server: RunningServer,
 
 async def test_tls_refuses_plaintext_and_untrusting_clients(tls_server: RunningServer, pki: Pki) -> None:
     await expect_status(_info(tls_server.target, None), HANDSHAKE_FAILED)
-    stranger_roots = grpc.ssl_channel_credentials(root_certificates=certificate_authority("not the server's CA").cert_pem)
+    stranger_roots = grpc.ssl_channel_credentials(
+        root_certificates=certificate_authority("not the server's CA").cert_pem
+    )
     await expect_status(_info(tls_server.target, stranger_roots), HANDSHAKE_FAILED)
     assert (await tls_server.stubs.info.Info(pb.InfoRequest())).embedder.dimension == 384
 
 
-async def test_mutual_tls_serves_a_client_with_a_good_certificate(mtls_server: RunningServer, pki: Pki) -> None:
+async def test_mutual_tls_serves_a_client_with_a_good_certificate(
+    mtls_server: RunningServer, pki: Pki
+) -> None:
     assert (await _info(mtls_server.target, _tls(pki, pki.client))).embedder.dimension == 384
 
 
 @pytest.mark.parametrize("client", ["none", "stranger", "expired"])
-async def test_mutual_tls_refuses_bad_client_certificates(mtls_server: RunningServer, pki: Pki, client: str) -> None:
+async def test_mutual_tls_refuses_bad_client_certificates(
+    mtls_server: RunningServer, pki: Pki, client: str
+) -> None:
     presented = {"none": None, "stranger": pki.stranger, "expired": pki.expired}[client]
     await expect_status(_info(mtls_server.target, _tls(pki, presented)), HANDSHAKE_FAILED)
     await expect_status(_info(mtls_server.target, None), HANDSHAKE_FAILED)

@@ -105,10 +105,15 @@ async def test_a_caller_cancelled_during_its_batch_does_not_fail_the_others(raw_
 
 
 async def test_a_full_queue_answers_at_once(raw_embedder: Embedder) -> None:
-    async with BatchingEmbedder(raw_embedder, max_batch_size=64, max_wait_s=30, max_queued_texts=4) as batching:
+    async with BatchingEmbedder(
+        raw_embedder, max_batch_size=64, max_wait_s=30, max_queued_texts=4
+    ) as batching:
         # Two calls in one tick look like concurrency, so the worker holds them for company (30 s),
         # and the queue stays full while a third call arrives.
-        waiting = [asyncio.create_task(batching.embed(TEXTS[:2])), asyncio.create_task(batching.embed(TEXTS[2:4]))]
+        waiting = [
+            asyncio.create_task(batching.embed(TEXTS[:2])),
+            asyncio.create_task(batching.embed(TEXTS[2:4])),
+        ]
         await _until(lambda: batching.queued_texts == 4)
         loop = asyncio.get_running_loop()
         started = loop.time()
@@ -123,7 +128,9 @@ async def test_a_full_queue_answers_at_once(raw_embedder: Embedder) -> None:
 
 
 async def test_a_lone_call_on_an_idle_batcher_does_not_wait_for_company(raw_embedder: Embedder) -> None:
-    async with BatchingEmbedder(raw_embedder, max_batch_size=64, max_wait_s=30, max_queued_texts=100) as batching:
+    async with BatchingEmbedder(
+        raw_embedder, max_batch_size=64, max_wait_s=30, max_queued_texts=100
+    ) as batching:
         for text in TEXTS[:3]:  # one after another: concurrency 1
             result = await asyncio.wait_for(batching.embed([text]), timeout=10)
             assert result.vectors.shape == (1, 384)

@@ -16,7 +16,9 @@ def _unit(rows: int, dim: int, seed: int = 0) -> np.ndarray:
 async def test_search_returns_exact_inner_product_neighbours() -> None:
     vectors = _unit(200, 16)
     async with FaissVectorStore(16, "cpu") as store:
-        await store.upsert([Document(f"d{i}", f"text {i}", {"parity": str(i % 2)}) for i in range(200)], vectors)
+        await store.upsert(
+            [Document(f"d{i}", f"text {i}", {"parity": str(i % 2)}) for i in range(200)], vectors
+        )
         queries = [SearchQuery(vector=vectors[i], top_k=3) for i in (5, 17)]
         results = await store.search(queries)
     for query, result in zip(queries, results, strict=True):

@@ -475,4 +475,3 @@ def word_tokenizer(words: Iterable[str] = SCRIPT.split()) -> Any:
             "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
         ),
     )
-

@@ -82,7 +82,7 @@ async def test_rules_resolve_from_the_most_specific_key() -> None:
         "Delete": RateLimitRule(),  # all zero: no limit
     }
     limiter = RateLimiter(rules, MemoryBuckets())
-    rate = lambda m: (r.requests_per_s if (r := limiter.rule_for(m)) else None)  # noqa: E731
+    rate = lambda m: r.requests_per_s if (r := limiter.rule_for(m)) else None  # noqa: E731
     assert rate("/rag_grpc.v1.EmbedService/Embed") == 10
     assert rate("/rag_grpc.v1.GenerateService/Generate") == 1
     assert rate("/rag_grpc.v1.DocumentService/Upsert") == 5

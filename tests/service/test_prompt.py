@@ -19,7 +19,9 @@ def test_documents_go_into_one_system_message() -> None:
     assert [m.role for m in messages] == ["system", "user"]
     assert 'id="d1"' in messages[0].content and "Rome is in Italy." in messages[0].content
 
-    with_system = grounded_messages([ChatMessage("system", "Be brief."), ChatMessage("user", "q")], hits, CONTROL, 1000)
+    with_system = grounded_messages(
+        [ChatMessage("system", "Be brief."), ChatMessage("user", "q")], hits, CONTROL, 1000
+    )
     assert [m.role for m in with_system] == ["system", "user"]
     assert with_system[0].content.startswith("Be brief.")
 

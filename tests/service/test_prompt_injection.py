@@ -125,4 +125,7 @@ def test_a_document_cannot_change_the_turn_structure(
 def test_plain_text_is_left_alone(control_tokens: list[str]) -> None:
     text = "Tea <b>and</b> coffee: 3 < 4 > 2, im_start | documented docs."
     hit = Hit(id="t", score=1.0, text=text, metadata={})
-    assert text in grounded_messages([ChatMessage("user", "q")], [hit], control_tokens, max_chars=1000)[0].content
+    assert (
+        text
+        in grounded_messages([ChatMessage("user", "q")], [hit], control_tokens, max_chars=1000)[0].content
+    )

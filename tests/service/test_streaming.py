@@ -11,7 +11,9 @@ from rag_grpc.service.streaming import CoalescingLimits, CoalescingStream
 FINAL = FinalEvent(FinishReason.STOP, 3, 10, 0.0, 1.0, 2.0, "r", "m")
 
 
-async def _events(n: int, produced: list[int] | None = None, fail_at: int | None = None) -> AsyncIterator[GenerateEvent]:
+async def _events(
+    n: int, produced: list[int] | None = None, fail_at: int | None = None
+) -> AsyncIterator[GenerateEvent]:
     yield SourcesEvent(hits=[Hit("d", 1.0, "t", {})], index_version=1)
     for i in range(n):
         if i == fail_at:

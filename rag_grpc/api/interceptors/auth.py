@@ -38,7 +38,11 @@ def _presented_key(metadata: Any) -> str:
     if len(values) > 1:
         raise _Refused("several", Unauthenticated("several authorization entries; send exactly one"))
     value = values[0]
-    if not isinstance(value, str) or value[: len(BEARER)].lower() != BEARER or not is_token(value[len(BEARER) :]):
+    if (
+        not isinstance(value, str)
+        or value[: len(BEARER)].lower() != BEARER
+        or not is_token(value[len(BEARER) :])
+    ):
         raise _Refused("malformed", Unauthenticated("malformed authorization; expected 'Bearer <key>'"))
     return value[len(BEARER) :]
 
@@ -46,7 +50,9 @@ def _presented_key(metadata: Any) -> str:
 class AuthInterceptor(AroundCallInterceptor):
     def __init__(self, keys: KeyRing, metrics: GrpcMetrics, open_services: Collection[str] = ()) -> None:
         if not len(keys):
-            raise ValueError("AuthInterceptor needs at least one key; leave it out to switch authentication off")
+            raise ValueError(
+                "AuthInterceptor needs at least one key; leave it out to switch authentication off"
+            )
         self._keys = keys
         self._metrics = metrics
         self._open_services = frozenset(open_services)

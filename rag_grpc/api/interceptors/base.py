@@ -32,6 +32,7 @@ def call_gone(exc: BaseException) -> bool:
     """True when `exc` says the client already left (cancelled, or its deadline passed) during a write."""
     return isinstance(exc, _CallGone)
 
+
 _HANDLER_FIELDS = ("unary_unary", "unary_stream", "stream_unary", "stream_stream")
 
 
@@ -70,7 +71,9 @@ class AroundCallInterceptor(grpc.aio.ServerInterceptor):
         handler = await continuation(handler_call_details)
         if handler is None or not self.applies_to(handler_call_details.method):
             return handler
-        method = rpc_method(handler_call_details.method, handler.request_streaming, handler.response_streaming)
+        method = rpc_method(
+            handler_call_details.method, handler.request_streaming, handler.response_streaming
+        )
         for field in _HANDLER_FIELDS:
             behavior = getattr(handler, field)
             if behavior is not None:

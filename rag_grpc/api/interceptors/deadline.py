@@ -21,7 +21,9 @@ class DeadlineCeilingInterceptor(AroundCallInterceptor):
         # Health Watch and reflection streams are meant to stay open.
         return method.startswith("/rag_grpc.")
 
-    async def around_call(self, behavior: Behavior, request: Any, context: grpc.aio.ServicerContext, method: str) -> Any:
+    async def around_call(
+        self, behavior: Behavior, request: Any, context: grpc.aio.ServicerContext, method: str
+    ) -> Any:
         if context.time_remaining() is not None:
             return await behavior(request, context)
         async with asyncio.timeout(self._ceiling_s) as timeout:
@@ -29,5 +31,7 @@ class DeadlineCeilingInterceptor(AroundCallInterceptor):
                 return await behavior(request, context)
             except asyncio.CancelledError:
                 if timeout.expired():
-                    raise DeadlineExceeded(f"call exceeded the server's {self._ceiling_s:g} s limit") from None
+                    raise DeadlineExceeded(
+                        f"call exceeded the server's {self._ceiling_s:g} s limit"
+                    ) from None
                 raise

@@ -47,7 +47,9 @@ class DrainInterceptor(AroundCallInterceptor):
             if not self._in_flight:
                 self._idle.set()
 
-    async def around_call(self, behavior: Behavior, request: Any, context: grpc.aio.ServicerContext, method: str) -> Any:
+    async def around_call(
+        self, behavior: Behavior, request: Any, context: grpc.aio.ServicerContext, method: str
+    ) -> Any:
         with self._tracked():
             return await behavior(request, context)
 

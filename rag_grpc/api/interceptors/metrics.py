@@ -78,7 +78,9 @@ class MetricsInterceptor(AroundCallInterceptor):
         started = time.perf_counter()
         request = self._count_requests(request, method, m)
         # A streaming handler that got here writes with context.write (one that yields goes to around_stream).
-        handler_context: Any = ObservedWrites(context, lambda _: m.sent.inc()) if method.response_streaming else context
+        handler_context: Any = (
+            ObservedWrites(context, lambda _: m.sent.inc()) if method.response_streaming else context
+        )
         try:
             response = await behavior(request, handler_context)
         except BaseException as exc:

@@ -29,7 +29,9 @@ class RateLimitInterceptor(AroundCallInterceptor):
     def applies_to(self, method: str) -> bool:
         return self._limiter.rule_for(method) is not None
 
-    async def _charge(self, context: grpc.aio.ServicerContext, method: RpcMethod, request: Any, requests: int) -> None:
+    async def _charge(
+        self, context: grpc.aio.ServicerContext, method: RpcMethod, request: Any, requests: int
+    ) -> None:
         caller = current_caller().name
         tokens = request_tokens(request, self._default_max_tokens)
         refusal = await self._limiter.check(caller, method, requests, tokens)

@@ -97,7 +97,9 @@ class RequestLogInterceptor(AroundCallInterceptor):
             fields["messages_sent"] = messages_sent
         fields.update(_usage(last_message))
         if self._log_payloads and isinstance(request, Message):
-            fields["request"] = text_format.MessageToString(request, as_one_line=True)[:MAX_LOGGED_PAYLOAD_CHARS]
+            fields["request"] = text_format.MessageToString(request, as_one_line=True)[
+                :MAX_LOGGED_PAYLOAD_CHARS
+            ]
         if code in _SERVER_ERRORS:
             log.error("rpc", **fields)
         else:

@@ -57,11 +57,17 @@ class RunningServer:
         return self.registry.get_sample_value(name, labels) or 0.0
 
 
-async def _metered_engines(engines: Engines, settings: Settings, metrics: ServiceMetrics, stack: AsyncExitStack) -> Engines:
+async def _metered_engines(
+    engines: Engines, settings: Settings, metrics: ServiceMetrics, stack: AsyncExitStack
+) -> Engines:
     """The session's models behind micro-batchers of our own (left when `stack` closes), whose batch
     sizes go to `metrics`, as open_engines sets them up in `rag-grpc serve`."""
-    embedder = with_embed_batching(settings, engines.embedder.inner, BatchSizeMetrics(metrics.embed_batch_size))  # type: ignore[attr-defined]
-    store = with_search_batching(settings, engines.vector_store.inner, BatchSizeMetrics(metrics.search_batch_size))  # type: ignore[attr-defined]
+    embedder = with_embed_batching(
+        settings, engines.embedder.inner, BatchSizeMetrics(metrics.embed_batch_size)
+    )  # type: ignore[attr-defined]
+    store = with_search_batching(
+        settings, engines.vector_store.inner, BatchSizeMetrics(metrics.search_batch_size)
+    )  # type: ignore[attr-defined]
     return Engines(
         embedder=await stack.enter_async_context(embedder),
         vector_store=await stack.enter_async_context(store),
@@ -91,7 +97,9 @@ async def serving(
         cache = None
         if full_service:
             engines = await _metered_engines(engines, settings, service_metrics, stack)
-            cache = await stack.enter_async_context(open_result_cache(settings, CacheMetrics(service_metrics)))
+            cache = await stack.enter_async_context(
+                open_result_cache(settings, CacheMetrics(service_metrics))
+            )
         service = RagService(engines, settings, cache, service_metrics)
         server = RagServer(settings, service, interceptors, metrics_registry=registry)
         await server.start()
@@ -106,7 +114,9 @@ async def serving(
 
 
 @asynccontextmanager
-async def _channel(running: RunningServer, credentials: grpc.ChannelCredentials | None) -> AsyncIterator[None]:
+async def _channel(
+    running: RunningServer, credentials: grpc.ChannelCredentials | None
+) -> AsyncIterator[None]:
     if credentials is None:
         running.channel = grpc.aio.insecure_channel(running.target)
     else:

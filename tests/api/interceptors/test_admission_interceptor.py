@@ -16,7 +16,8 @@ from tests.api.interceptors.conftest import ALICE_KEY, API_KEYS, BOB_KEY, Runnin
 from tests.helpers import bearer, collect, expect_status
 
 LONG = pb.GenerateRequest(
-    prompt="Write a long story about a lighthouse keeper and a storm.", sampling=pb.SamplingParams(max_tokens=400)
+    prompt="Write a long story about a lighthouse keeper and a storm.",
+    sampling=pb.SamplingParams(max_tokens=400),
 )
 
 
@@ -27,7 +28,9 @@ async def _until(condition: Callable[[], bool], timeout_s: float = 30.0) -> None
 
 
 @asynccontextmanager
-async def generating(server: RunningServer, key: str | None = None) -> AsyncIterator[grpc.aio.UnaryStreamCall]:
+async def generating(
+    server: RunningServer, key: str | None = None
+) -> AsyncIterator[grpc.aio.UnaryStreamCall]:
     """A long generation that has produced its first message; cancelled on exit."""
     call = server.stubs.generate.Generate(LONG, metadata=bearer(key) if key else None)
     try:
@@ -57,12 +60,15 @@ async def test_full_queue_answers_unavailable_at_once(engines: Engines, settings
         await _until(lambda: s.admission.running == 0 and s.admission.waiting == 0)
 
 
-async def test_caller_quota_answers_resource_exhausted_and_spares_others(engines: Engines, settings: Settings) -> None:
+async def test_caller_quota_answers_resource_exhausted_and_spares_others(
+    engines: Engines, settings: Settings
+) -> None:
     limits = {"max_concurrent_generations": 1, "max_queued_generations": 4, "max_generations_per_caller": 1}
     async with serving(engines, settings, api_keys=API_KEYS, **limits) as s:
         async with generating(s, ALICE_KEY) as running:
             error = await expect_status(
-                collect(s.stubs.generate.Generate(LONG, metadata=bearer(ALICE_KEY))), grpc.StatusCode.RESOURCE_EXHAUSTED
+                collect(s.stubs.generate.Generate(LONG, metadata=bearer(ALICE_KEY))),
+                grpc.StatusCode.RESOURCE_EXHAUSTED,
             )
             assert "quota 1" in (error.details() or "")
             assert not running.done()

@@ -48,7 +48,8 @@ async def test_good_key_is_served(secured: RunningServer) -> None:
     await _still_serves(secured)
     messages = await collect(
         secured.stubs.generate.Generate(
-            pb.GenerateRequest(prompt="Say hi.", sampling=pb.SamplingParams(max_tokens=2)), metadata=bearer(ALICE_KEY)
+            pb.GenerateRequest(prompt="Say hi.", sampling=pb.SamplingParams(max_tokens=2)),
+            metadata=bearer(ALICE_KEY),
         )
     )
     assert messages[-1].HasField("final")
@@ -67,12 +68,30 @@ async def test_good_key_is_served(secured: RunningServer) -> None:
         ((("authorization", f"Bearer {ALICE_KEY};drop!"),), "malformed", "malformed"),
         ((("authorization", "Bearer " + "k" * 600),), "malformed", "malformed"),
         ((("authorization", ALICE_KEY),), "malformed", "malformed"),
-        ((("authorization", f"Bearer {ALICE_KEY}"), ("authorization", f"Bearer {ALICE_KEY}")), "several", "several"),
-        ((("authorization", f"Bearer {ALICE_KEY}"), ("authorization", "Bearer other-0000000000000000")), "several", "several"),
+        (
+            (("authorization", f"Bearer {ALICE_KEY}"), ("authorization", f"Bearer {ALICE_KEY}")),
+            "several",
+            "several",
+        ),
+        (
+            (("authorization", f"Bearer {ALICE_KEY}"), ("authorization", "Bearer other-0000000000000000")),
+            "several",
+            "several",
+        ),
     ],
     ids=[
-        "no key", "unknown key", "basic scheme", "bearer without key", "bearer empty", "two spaces",
-        "trailing words", "punctuation", "very long", "no scheme", "same key twice", "two keys",
+        "no key",
+        "unknown key",
+        "basic scheme",
+        "bearer without key",
+        "bearer empty",
+        "two spaces",
+        "trailing words",
+        "punctuation",
+        "very long",
+        "no scheme",
+        "same key twice",
+        "two keys",
     ],
 )
 async def test_bad_credentials_are_unauthenticated(
@@ -103,9 +122,13 @@ async def test_read_only_key_reads_but_may_not_write(secured: RunningServer, iso
 
     document = doc(f"auth-{isolated_tag}", "a document the reader may not write", test=isolated_tag)
     denied = grpc.StatusCode.PERMISSION_DENIED
-    error = await expect_status(secured.stubs.documents.Upsert(pb.UpsertRequest(documents=[document]), metadata=reader), denied)
+    error = await expect_status(
+        secured.stubs.documents.Upsert(pb.UpsertRequest(documents=[document]), metadata=reader), denied
+    )
     assert "reader" in (error.details() or "") and "read-only" in (error.details() or "")
-    await expect_status(secured.stubs.documents.Delete(pb.DeleteRequest(ids=[document.id]), metadata=reader), denied)
+    await expect_status(
+        secured.stubs.documents.Delete(pb.DeleteRequest(ids=[document.id]), metadata=reader), denied
+    )
 
     async def ingest_requests() -> AsyncIterator[pb.IngestRequest]:
         yield pb.IngestRequest(documents=[document])
@@ -116,7 +139,9 @@ async def test_read_only_key_reads_but_may_not_write(secured: RunningServer, iso
     assert (await secured.stubs.info.Info(pb.InfoRequest(), metadata=reader)).index.size == size
     assert secured.sample("rag_auth_failures_total", reason="permission") >= 4
 
-    written = await secured.stubs.documents.Upsert(pb.UpsertRequest(documents=[document]), metadata=bearer(ALICE_KEY))
+    written = await secured.stubs.documents.Upsert(
+        pb.UpsertRequest(documents=[document]), metadata=bearer(ALICE_KEY)
+    )
     assert written.upserted == 1
 
 
@@ -124,7 +149,9 @@ async def test_huge_metadata_is_refused_and_the_server_goes_on(secured: RunningS
     # grpc itself refuses metadata over its hard limit (16 KiB) before any interceptor runs (between the
     # soft limit of 8 KiB and the hard one it refuses at random).
     huge = (("authorization", f"Bearer {ALICE_KEY}"), ("x-padding", "p" * 20_000))
-    await expect_status(secured.stubs.info.Info(pb.InfoRequest(), metadata=huge), grpc.StatusCode.RESOURCE_EXHAUSTED)
+    await expect_status(
+        secured.stubs.info.Info(pb.InfoRequest(), metadata=huge), grpc.StatusCode.RESOURCE_EXHAUSTED
+    )
     # Under the soft limit but an absurd key: malformed, without hashing it.
     long_key = (("authorization", "Bearer " + "a" * 6_000),)
     await expect_status(secured.stubs.info.Info(pb.InfoRequest(), metadata=long_key), UNAUTHENTICATED)
@@ -139,14 +166,18 @@ async def test_health_and_reflection_are_open_by_default(secured: RunningServer)
     async def requests() -> AsyncIterator[reflection_pb2.ServerReflectionRequest]:
         yield reflection_pb2.ServerReflectionRequest(list_services="")
 
-    names = {s.name async for r in stub.ServerReflectionInfo(requests()) for s in r.list_services_response.service}
+    names = {
+        s.name async for r in stub.ServerReflectionInfo(requests()) for s in r.list_services_response.service
+    }
     assert "rag_grpc.v1.InfoService" in names
 
 
 async def test_health_and_reflection_can_require_a_key(engines: Engines, settings: Settings) -> None:
     async with serving(engines, settings, api_keys=API_KEYS, auth_open_health_and_reflection=False) as closed:
         await expect_status(closed.stubs.health.Check(health_pb2.HealthCheckRequest()), UNAUTHENTICATED)
-        response = await closed.stubs.health.Check(health_pb2.HealthCheckRequest(), metadata=bearer(READER_KEY))
+        response = await closed.stubs.health.Check(
+            health_pb2.HealthCheckRequest(), metadata=bearer(READER_KEY)
+        )
         assert response.status == health_pb2.HealthCheckResponse.SERVING
 
 
@@ -167,7 +198,11 @@ async def test_handlers_see_the_caller_and_never_the_key(settings: Settings) -> 
     chain = [*build_interceptors(with_overrides(settings, api_keys=API_KEYS)), ErrorMappingInterceptor()]
     server = grpc.aio.server(interceptors=chain)
     server.add_generic_rpc_handlers(
-        [grpc.method_handlers_generic_handler("test.Probe", {"Who": grpc.unary_unary_rpc_method_handler(who)})]
+        [
+            grpc.method_handlers_generic_handler(
+                "test.Probe", {"Who": grpc.unary_unary_rpc_method_handler(who)}
+            )
+        ]
     )
     port = server.add_insecure_port("127.0.0.1:0")
     await server.start()
@@ -182,7 +217,9 @@ async def test_handlers_see_the_caller_and_never_the_key(settings: Settings) -> 
     assert seen == ["reader", "alice"]
 
 
-async def test_ingest_cli_sends_a_key_from_a_file(secured: RunningServer, tmp_path: Path, isolated_tag: str) -> None:
+async def test_ingest_cli_sends_a_key_from_a_file(
+    secured: RunningServer, tmp_path: Path, isolated_tag: str
+) -> None:
     (tmp_path / "docs").mkdir()
     (tmp_path / "docs" / "records.jsonl").write_text(
         f'{{"id": "{isolated_tag}-cli", "text": "Keys travel in files.", "metadata": {{"test": "{isolated_tag}"}}}}\n'
@@ -194,13 +231,24 @@ async def test_ingest_cli_sends_a_key_from_a_file(secured: RunningServer, tmp_pa
             (tmp_path / "key").write_text(key + "\n")
             extra = ["--api-key-file", str(tmp_path / "key")]
         process = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "rag_grpc.cli", "ingest", str(tmp_path / "docs"), "--target", secured.target, *extra,
-            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+            sys.executable,
+            "-m",
+            "rag_grpc.cli",
+            "ingest",
+            str(tmp_path / "docs"),
+            "--target",
+            secured.target,
+            *extra,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
         )
         out, err = await asyncio.wait_for(process.communicate(), timeout=120)
         return process.returncode or 0, out.decode() + err.decode()
 
-    assert await ingest(None) == (1, "ingest failed: UNAUTHENTICATED: missing 'authorization: Bearer <key>' metadata\n")
+    assert await ingest(None) == (
+        1,
+        "ingest failed: UNAUTHENTICATED: missing 'authorization: Bearer <key>' metadata\n",
+    )
     code, output = await ingest(READER_KEY)
     assert code == 1 and "PERMISSION_DENIED" in output
     code, output = await ingest(ALICE_KEY)

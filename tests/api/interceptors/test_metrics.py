@@ -41,11 +41,19 @@ def value(samples: Samples, name: str, **labels: str) -> float:
 
 
 def grpc_labels(kind: str, service: str, method: str) -> dict[str, str]:
-    return {"grpc_type": kind, "grpc_service": f"rag_grpc.v1.{service}" if "." not in service else service, "grpc_method": method}
+    return {
+        "grpc_type": kind,
+        "grpc_service": f"rag_grpc.v1.{service}" if "." not in service else service,
+        "grpc_method": method,
+    }
 
 
-async def test_metrics_endpoint_counts_every_kind_of_call(engines: Engines, settings: Settings, isolated_tag: str) -> None:
-    async with serving(engines, settings, full_service=True, cache_backend="memory", metrics_port=free_loopback_port()) as s:
+async def test_metrics_endpoint_counts_every_kind_of_call(
+    engines: Engines, settings: Settings, isolated_tag: str
+) -> None:
+    async with serving(
+        engines, settings, full_service=True, cache_backend="memory", metrics_port=free_loopback_port()
+    ) as s:
         stubs = s.stubs
         # unary, OK
         await stubs.info.Info(pb.InfoRequest())
@@ -56,14 +64,28 @@ async def test_metrics_endpoint_counts_every_kind_of_call(engines: Engines, sett
         # Two of these come from the embedding cache.
         await stubs.embed.Embed(pb.EmbedRequest(texts=[three[0], three[1], f"four {isolated_tag}"]))
         # server streaming to the end
-        streamed = await collect(stubs.generate.Generate(pb.GenerateRequest(prompt="Hi", sampling=pb.SamplingParams(max_tokens=6))))
+        streamed = await collect(
+            stubs.generate.Generate(pb.GenerateRequest(prompt="Hi", sampling=pb.SamplingParams(max_tokens=6)))
+        )
         # server streaming, aborted by the server before any message (bad input)
-        await expect_status(collect(stubs.generate.Generate(pb.GenerateRequest(prompt="Hi", sampling=pb.SamplingParams(max_tokens=0)))), grpc.StatusCode.INVALID_ARGUMENT)
+        await expect_status(
+            collect(
+                stubs.generate.Generate(
+                    pb.GenerateRequest(prompt="Hi", sampling=pb.SamplingParams(max_tokens=0))
+                )
+            ),
+            grpc.StatusCode.INVALID_ARGUMENT,
+        )
         # server streaming, past its deadline
-        late = stubs.generate.Generate(pb.GenerateRequest(prompt="Tell a long story.", sampling=pb.SamplingParams(max_tokens=300)), timeout=0.5)
+        late = stubs.generate.Generate(
+            pb.GenerateRequest(prompt="Tell a long story.", sampling=pb.SamplingParams(max_tokens=300)),
+            timeout=0.5,
+        )
         await expect_status(collect(late), grpc.StatusCode.DEADLINE_EXCEEDED)
         # server streaming, cancelled by the client after the first message
-        cancelled = stubs.generate.Generate(pb.GenerateRequest(prompt="Tell a long story.", sampling=pb.SamplingParams(max_tokens=300)))
+        cancelled = stubs.generate.Generate(
+            pb.GenerateRequest(prompt="Tell a long story.", sampling=pb.SamplingParams(max_tokens=300))
+        )
         await cancelled.read()
         cancelled.cancel()
         # streaming written with context.write (health Watch), cancelled after the first message
@@ -74,7 +96,9 @@ async def test_metrics_endpoint_counts_every_kind_of_call(engines: Engines, sett
         # client streaming, two messages
         async def batches() -> AsyncIterator[pb.IngestRequest]:
             for i in range(2):
-                yield pb.IngestRequest(documents=[doc(f"metrics-{isolated_tag}-{i}", f"text {i}", test=isolated_tag)])
+                yield pb.IngestRequest(
+                    documents=[doc(f"metrics-{isolated_tag}-{i}", f"text {i}", test=isolated_tag)]
+                )
 
         await stubs.documents.Ingest(batches())
         await stubs.retrieve.Retrieve(pb.RetrieveRequest(text="text", top_k=2, filter={"test": isolated_tag}))
@@ -85,10 +109,12 @@ async def test_metrics_endpoint_counts_every_kind_of_call(engines: Engines, sett
         async with asyncio.timeout(30):
             while True:
                 samples = await scrape(s)
-                ended_generations = value(samples, "grpc_server_handled_total", **generate, grpc_code="CANCELLED") + value(
-                    samples, "grpc_server_handled_total", **generate, grpc_code="DEADLINE_EXCEEDED"
-                )
-                if ended_generations == 2 and value(samples, "grpc_server_handled_total", **watch_labels, grpc_code="CANCELLED"):
+                ended_generations = value(
+                    samples, "grpc_server_handled_total", **generate, grpc_code="CANCELLED"
+                ) + value(samples, "grpc_server_handled_total", **generate, grpc_code="DEADLINE_EXCEEDED")
+                if ended_generations == 2 and value(
+                    samples, "grpc_server_handled_total", **watch_labels, grpc_code="CANCELLED"
+                ):
                     break
                 await asyncio.sleep(0.05)
 
@@ -130,7 +156,10 @@ async def test_metrics_endpoint_counts_every_kind_of_call(engines: Engines, sett
     # The call past its deadline may or may not have had its first token.
     assert value(samples, "rag_generate_time_to_first_token_seconds_count", **model) >= 2
     assert value(samples, "rag_generate_inter_token_latency_seconds_count", **model) >= 1
-    finished = {r: value(samples, "rag_generate_finished_total", **model, finish_reason=r) for r in ("stop", "length", "abort")}
+    finished = {
+        r: value(samples, "rag_generate_finished_total", **model, finish_reason=r)
+        for r in ("stop", "length", "abort")
+    }
     assert finished["stop"] + finished["length"] == 1 and finished["abort"] == 2
     usage = streamed[-1].final.usage
     assert value(samples, "rag_generate_prompt_tokens_total", **model) == usage.prompt_tokens

@@ -47,7 +47,9 @@ def assert_pushback(error: grpc.aio.AioRpcError, at_least_s: float) -> None:
     assert header is not None and header >= delay, (header, delay)
 
 
-async def test_caller_over_its_request_limit_waits_while_others_are_served(engines: Engines, settings: Settings) -> None:
+async def test_caller_over_its_request_limit_waits_while_others_are_served(
+    engines: Engines, settings: Settings
+) -> None:
     rules = {"Info": {"requests_per_s": SLOW, "request_burst": 2}}
     async with serving(engines, settings, api_keys=API_KEYS, rate_limits=rules) as s:
         alice, bob = bearer(ALICE_KEY), bearer(BOB_KEY)
@@ -70,7 +72,9 @@ async def test_caller_over_its_token_limit_on_embed(engines: Engines, settings: 
     async with serving(engines, settings, api_keys=API_KEYS, rate_limits=rules) as s:
         alice, bob = bearer(ALICE_KEY), bearer(BOB_KEY)
         await s.stubs.embed.Embed(pb.EmbedRequest(texts=[forty_tokens, forty_tokens]), metadata=alice)
-        error = await expect_status(s.stubs.embed.Embed(pb.EmbedRequest(texts=[forty_tokens]), metadata=alice), EXHAUSTED)
+        error = await expect_status(
+            s.stubs.embed.Embed(pb.EmbedRequest(texts=[forty_tokens]), metadata=alice), EXHAUSTED
+        )
         # 20 tokens left, 40 wanted: 20 must refill.
         assert_pushback(error, at_least_s=19 / SLOW)
         assert "tokens" in (error.details() or "")
@@ -78,7 +82,9 @@ async def test_caller_over_its_token_limit_on_embed(engines: Engines, settings: 
         await s.stubs.embed.Embed(pb.EmbedRequest(texts=["y" * 40]), metadata=alice)
         await s.stubs.embed.Embed(pb.EmbedRequest(texts=[forty_tokens, forty_tokens]), metadata=bob)
         # More than the bucket can ever hold: refused without a pointless RetryInfo.
-        too_big = await expect_status(s.stubs.embed.Embed(pb.EmbedRequest(texts=["z" * 404]), metadata=bob), EXHAUSTED)
+        too_big = await expect_status(
+            s.stubs.embed.Embed(pb.EmbedRequest(texts=["z" * 404]), metadata=bob), EXHAUSTED
+        )
         assert retry_delay_s(too_big) is None and retry_after(too_big) is None
         assert "smaller request" in (too_big.details() or "")
 
@@ -103,7 +109,9 @@ async def test_ingest_is_priced_per_message(engines: Engines, settings: Settings
 
     async def requests() -> AsyncIterator[pb.IngestRequest]:
         for i in range(3):
-            yield pb.IngestRequest(documents=[doc(f"rl-{isolated_tag}-{i}", twenty_tokens, test=isolated_tag)])
+            yield pb.IngestRequest(
+                documents=[doc(f"rl-{isolated_tag}-{i}", twenty_tokens, test=isolated_tag)]
+            )
 
     async with serving(engines, settings, api_keys=API_KEYS, rate_limits=rules) as s:
         alice = bearer(ALICE_KEY)
@@ -116,7 +124,9 @@ async def test_ingest_is_priced_per_message(engines: Engines, settings: Settings
         assert [hit.id for hit in found.hits] == [f"rl-{isolated_tag}-0"]
 
 
-async def test_anonymous_callers_share_one_limit_when_auth_is_off(engines: Engines, settings: Settings) -> None:
+async def test_anonymous_callers_share_one_limit_when_auth_is_off(
+    engines: Engines, settings: Settings
+) -> None:
     rules = {"*": {"requests_per_s": SLOW, "request_burst": 1}}
     async with serving(engines, settings, rate_limits=rules) as s:
         await s.stubs.info.Info(pb.InfoRequest())
@@ -149,7 +159,9 @@ async def test_two_servers_sharing_redis_enforce_one_joint_limit(
         await second.stubs.info.Info(pb.InfoRequest(), metadata=bearer(BOB_KEY))
 
 
-async def test_unreachable_redis_fails_open_or_closed_as_configured(engines: Engines, settings: Settings) -> None:
+async def test_unreachable_redis_fails_open_or_closed_as_configured(
+    engines: Engines, settings: Settings
+) -> None:
     dead = {
         "rate_limits": {"Info": {"requests_per_s": 1}},
         "rate_limit_backend": "redis",

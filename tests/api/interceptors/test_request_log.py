@@ -46,20 +46,24 @@ async def test_one_json_line_per_call_with_id_status_latency_and_no_key(
 ) -> None:
     async with serving(engines, settings, api_keys=API_KEYS) as s:
         call = s.stubs.embed.Embed(
-            pb.EmbedRequest(texts=[SECRET_TEXT]), metadata=(*bearer(ALICE_KEY), ("x-request-id", "client-chosen-id-42"))
+            pb.EmbedRequest(texts=[SECRET_TEXT]),
+            metadata=(*bearer(ALICE_KEY), ("x-request-id", "client-chosen-id-42")),
         )
         await call
         assert ("x-request-id", "client-chosen-id-42") in tuple(await call.trailing_metadata())
 
         generated = s.stubs.generate.Generate(
-            pb.GenerateRequest(prompt="Hi", sampling=pb.SamplingParams(max_tokens=3)), metadata=bearer(ALICE_KEY)
+            pb.GenerateRequest(prompt="Hi", sampling=pb.SamplingParams(max_tokens=3)),
+            metadata=bearer(ALICE_KEY),
         )
         messages = await collect(generated)
         # Streams have it before their first message, and at the end.
         generated_id = dict(await generated.initial_metadata())["x-request-id"]
         assert dict(await generated.trailing_metadata())["x-request-id"] == generated_id
 
-        refused = s.stubs.info.Info(pb.InfoRequest(), metadata=(("authorization", "Bearer wrong-key-0000000000000000"),))
+        refused = s.stubs.info.Info(
+            pb.InfoRequest(), metadata=(("authorization", "Bearer wrong-key-0000000000000000"),)
+        )
         await expect_status(refused, grpc.StatusCode.UNAUTHENTICATED)
         refused_id = dict(await refused.trailing_metadata())["x-request-id"]
 
@@ -76,7 +80,10 @@ async def test_one_json_line_per_call_with_id_status_latency_and_no_key(
     assert generate["request_id"] == generated_id and len(generated_id) == 32
     assert generate["code"] == "OK" and generate["messages_sent"] == len(messages)
     usage = messages[-1].final.usage
-    assert (generate["prompt_tokens"], generate["completion_tokens"]) == (usage.prompt_tokens, usage.completion_tokens)
+    assert (generate["prompt_tokens"], generate["completion_tokens"]) == (
+        usage.prompt_tokens,
+        usage.completion_tokens,
+    )
 
     assert info["request_id"] == refused_id and info["code"] == "UNAUTHENTICATED"
     assert info["caller"] == "anonymous" and "unknown API key" in info["details"]
@@ -86,7 +93,9 @@ async def test_one_json_line_per_call_with_id_status_latency_and_no_key(
     assert SECRET_TEXT not in everything
 
 
-async def test_bad_request_ids_are_replaced(engines: Engines, settings: Settings, log_stream: io.StringIO) -> None:
+async def test_bad_request_ids_are_replaced(
+    engines: Engines, settings: Settings, log_stream: io.StringIO
+) -> None:
     async with serving(engines, settings) as s:
         call = s.stubs.info.Info(pb.InfoRequest(), metadata=(("x-request-id", "x" * 500),))
         await call
@@ -95,7 +104,9 @@ async def test_bad_request_ids_are_replaced(engines: Engines, settings: Settings
     assert rpc_lines(log_stream)[0]["request_id"] == echoed
 
 
-async def test_request_bodies_are_logged_only_in_debug(engines: Engines, settings: Settings, log_stream: io.StringIO) -> None:
+async def test_request_bodies_are_logged_only_in_debug(
+    engines: Engines, settings: Settings, log_stream: io.StringIO
+) -> None:
     async with serving(engines, settings, log_payloads=True) as s:
         await s.stubs.embed.Embed(pb.EmbedRequest(texts=[SECRET_TEXT]))
     (line,) = rpc_lines(log_stream)
@@ -112,7 +123,9 @@ async def test_unexpected_errors_are_internal_for_the_caller_with_the_traceback_
         yield b"first"
         raise RuntimeError("database password is hunter2")
 
-    server = grpc.aio.server(interceptors=[*build_interceptors(with_overrides(settings)), ErrorMappingInterceptor()])
+    server = grpc.aio.server(
+        interceptors=[*build_interceptors(with_overrides(settings)), ErrorMappingInterceptor()]
+    )
     handlers = {
         "Unary": grpc.unary_unary_rpc_method_handler(broken),
         "Stream": grpc.unary_stream_rpc_method_handler(broken_stream),
@@ -122,7 +135,9 @@ async def test_unexpected_errors_are_internal_for_the_caller_with_the_traceback_
     await server.start()
     try:
         async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
-            unary = await expect_status(channel.unary_unary("/test.Broken/Unary")(b""), grpc.StatusCode.INTERNAL)
+            unary = await expect_status(
+                channel.unary_unary("/test.Broken/Unary")(b""), grpc.StatusCode.INTERNAL
+            )
             stream_call = channel.unary_stream("/test.Broken/Stream")(b"")
             assert await stream_call.read() == b"first"
             streamed = await expect_status(stream_call.read(), grpc.StatusCode.INTERNAL)
@@ -133,5 +148,7 @@ async def test_unexpected_errors_are_internal_for_the_caller_with_the_traceback_
     records = [json.loads(line) for line in log_stream.getvalue().splitlines()]
     failures = [r for r in records if r["event"] == "unhandled_error"]
     assert len(failures) == 2
-    assert all("RuntimeError: database password is hunter2" in r["exception"] and r["request_id"] for r in failures)
+    assert all(
+        "RuntimeError: database password is hunter2" in r["exception"] and r["request_id"] for r in failures
+    )
     assert [r["code"] for r in records if r["event"] == "rpc"] == ["INTERNAL", "INTERNAL"]
