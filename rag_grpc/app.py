@@ -3,85 +3,65 @@
 from __future__ import annotations
 
 import asyncio
-import ipaddress
 import os
 import signal
-from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
-import grpc
 import structlog
-from grpc_health.v1 import health
-from grpc_reflection.v1alpha import reflection
 from prometheus_client import CollectorRegistry
 
-from rag_grpc.api.api_keys import KeyRing
-from rag_grpc.api.interceptors.admission import AdmissionInterceptor
-from rag_grpc.api.interceptors.auth import AuthInterceptor
-from rag_grpc.api.interceptors.metrics import MetricsInterceptor
-from rag_grpc.api.interceptors.rate_limit import RateLimitInterceptor
-from rag_grpc.api.interceptors.request_log import RequestLogInterceptor
 from rag_grpc.api.server import RagServer
-from rag_grpc.engines import open_engines
+from rag_grpc.engines import Engines, open_engines
+from rag_grpc.engines.micro_batcher import BatcherStats
 from rag_grpc.ingest_files import demo_corpus_dir, documents_from_paths
 from rag_grpc.limits.admission import Admission
 from rag_grpc.limits.rate_limiter import RateLimiter, build_rate_limiter
 from rag_grpc.metrics import GrpcMetrics, ServiceMetrics
-from rag_grpc.metrics_adapters import BatchSizeMetrics, CacheMetrics
 from rag_grpc.service import RagService
-from rag_grpc.service.cache import open_result_cache
+from rag_grpc.service.cache import CacheStats, ResultCache, open_result_cache
 from rag_grpc.settings import Settings
 
 log = structlog.get_logger(__name__)
 
 
-def ipaddress_is_loopback(host: str) -> bool:
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return host == "localhost"
+@dataclass(frozen=True)
+class MeteredStats:
+    """The stats hooks of the micro-batchers and the result cache, recording into `metrics`."""
 
+    embed: BatcherStats
+    search: BatcherStats
+    cache: CacheStats
 
-GENERATION_METHODS = frozenset({"/rag_grpc.v1.GenerateService/Generate"})
-
-
-def build_interceptors(
-    settings: Settings,
-    metrics: GrpcMetrics | None = None,
-    limiter: RateLimiter | None = None,
-    admission: Admission | None = None,
-) -> Sequence[grpc.aio.ServerInterceptor]:
-    """Interceptors chosen by the settings, outermost first (RagServer adds error mapping innermost):
-
-    request log -> metrics -> auth -> rate limit -> admission -> (error mapping)
-
-    The log line and the metrics are outside auth and the limits so that they see every call with the
-    code its caller got, refusals included; auth comes before the limits, which are kept per caller;
-    rate limits come before admission so a call over its quota never takes a queue place.
-    Parts left to None are built from the settings (a limiter built here is never closed: pass one
-    in when it holds a Redis connection).
-    """
-    metrics = metrics if metrics is not None else GrpcMetrics(CollectorRegistry())
-    chain: list[grpc.aio.ServerInterceptor] = [
-        RequestLogInterceptor(settings.log_payloads),
-        MetricsInterceptor(metrics),
-    ]
-    keys = KeyRing.from_settings(settings)
-    if len(keys):
-        if settings.tls_cert_file is None and not ipaddress_is_loopback(settings.host):
-            log.warning(
-                "api_keys_over_plaintext", host=settings.host, hint="set tls_cert_file and tls_key_file"
-            )
-        open_services = (
-            (health.SERVICE_NAME, reflection.SERVICE_NAME) if settings.auth_open_health_and_reflection else ()
+    @classmethod
+    def into(cls, metrics: ServiceMetrics) -> MeteredStats:
+        return cls(
+            embed=BatcherStats(on_batch=metrics.embed_batch_size.observe),
+            search=BatcherStats(on_batch=metrics.search_batch_size.observe),
+            cache=CacheStats(on_lookup=metrics.record_cache_lookup, on_error=metrics.record_cache_error),
         )
-        chain.append(AuthInterceptor(keys, metrics, open_services))
-    limiter = limiter if limiter is not None else build_rate_limiter(settings)
-    if limiter is not None:
-        chain.append(RateLimitInterceptor(limiter, metrics, settings.default_max_tokens))
-    admission = admission if admission is not None else Admission.for_generations(settings)
-    chain.append(AdmissionInterceptor(admission, metrics, GENERATION_METHODS))
-    return chain
+
+
+def build_server(
+    settings: Settings,
+    engines: Engines,
+    *,
+    registry: CollectorRegistry,
+    service_metrics: ServiceMetrics | None = None,
+    cache: ResultCache | None = None,
+    limiter: RateLimiter | None = None,
+) -> RagServer:
+    """The service and its server as `rag-grpc serve` runs them, every metric in `registry`.
+
+    Admission refusals and slot counts are recorded with the gRPC metrics (rag_rate_limited_total,
+    rag_generate_running/waiting), next to the rate limits' refusals.
+    """
+    grpc_metrics = GrpcMetrics(registry)
+    admission = Admission.for_generations(settings, on_refused=grpc_metrics.count_refusal)
+    grpc_metrics.watch_admission(admission)
+    service_metrics = service_metrics if service_metrics is not None else ServiceMetrics(registry)
+    service = RagService(engines, settings, cache, service_metrics, admission)
+    return RagServer(settings, service, metrics_registry=registry, grpc_metrics=grpc_metrics, limiter=limiter)
 
 
 async def load_demo_corpus(service: RagService) -> None:
@@ -103,30 +83,29 @@ async def serve(settings: Settings) -> None:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     registry = CollectorRegistry()
-    grpc_metrics, service_metrics = GrpcMetrics(registry), ServiceMetrics(registry)
-    admission = Admission.for_generations(settings)
+    service_metrics = ServiceMetrics(registry)
+    stats = MeteredStats.into(service_metrics)
     limiter = build_rate_limiter(settings)
     try:
         async with (
-            open_engines(
-                settings,
-                embed_stats=BatchSizeMetrics(service_metrics.embed_batch_size),
-                search_stats=BatchSizeMetrics(service_metrics.search_batch_size),
-            ) as engines,
-            open_result_cache(settings, CacheMetrics(service_metrics)) as cache,
+            open_engines(settings, embed_stats=stats.embed, search_stats=stats.search) as engines,
+            open_result_cache(settings, stats.cache) as cache,
         ):
-            service = RagService(engines, settings, cache, service_metrics)
+            server = build_server(
+                settings,
+                engines,
+                registry=registry,
+                service_metrics=service_metrics,
+                cache=cache,
+                limiter=limiter,
+            )
             if settings.demo_corpus:
-                await load_demo_corpus(service)
-            interceptors = build_interceptors(settings, grpc_metrics, limiter, admission)
-            server = RagServer(settings, service, interceptors, metrics_registry=registry)
+                await load_demo_corpus(server.service)
             port = await server.start()
             if settings.port_file is not None:
                 write_port_file(settings.port_file, port)
             await stop.wait()
             log.info("shutting_down", grace_s=settings.shutdown_grace_s)
-            # Queued generations are told to go elsewhere now; running ones get the grace period.
-            admission.drain()
             # A second signal skips the grace period.
             for sig in (signal.SIGTERM, signal.SIGINT):
                 loop.add_signal_handler(sig, lambda: asyncio.ensure_future(server.stop(0)))

@@ -1,4 +1,11 @@
-"""Transport-agnostic data the service and engines exchange. Protobuf never crosses this line."""
+"""Transport-agnostic data the service and engines exchange. Protobuf never crosses this line.
+
+One noun per concept per layer:
+- `*Input`: a request as the caller sent it (API edge; None means the caller left a field unset);
+- `*Options`: the same after validation, defaults applied (what the service works with);
+- `Generation*`, `EmbeddingBatch`, `Search*`: what engines take and give;
+- `*Event`, `*Result`: what the service answers (Generate streams events; the others return results).
+"""
 
 from __future__ import annotations
 
@@ -65,6 +72,8 @@ class SamplingOptions:
     top_k: int = 0
     stop: tuple[str, ...] = ()
     seed: int | None = None
+    # End-of-sequence is suppressed until this many tokens were generated (stop strings still apply).
+    min_tokens: int = 0
 
 
 class FinishReason(enum.Enum):
@@ -139,11 +148,21 @@ class SamplingInput:
     top_k: int | None = None
     stop: tuple[str, ...] = ()
     seed: int | None = None
+    min_tokens: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
 class RetrievalInput:
     top_k: int | None
+    filter: Mapping[str, str]
+    min_score: float | None
+
+
+@dataclass(frozen=True, slots=True)
+class RetrievalOptions:
+    """Validated retrieval options: defaults applied, limits checked."""
+
+    top_k: int
     filter: Mapping[str, str]
     min_score: float | None
 
@@ -202,3 +221,58 @@ class EmbedResult:
 class WriteResult:
     count: int
     index_version: int
+
+
+@dataclass(frozen=True, slots=True)
+class IngestResult:
+    documents: int
+    # Messages of the stream, each stored as one atomic write.
+    batches: int
+    index_version: int
+
+
+@dataclass(frozen=True, slots=True)
+class RequestContext:
+    """Who asked, under which id: the id is the log's, the trailer's, Final.request_id and the engine's."""
+
+    request_id: str
+    caller: str = "anonymous"
+
+
+@dataclass(frozen=True, slots=True)
+class EmbedderDescription:
+    info: EngineInfo
+    dimension: int
+    max_input_tokens: int
+
+
+@dataclass(frozen=True, slots=True)
+class IndexDescription:
+    info: EngineInfo
+    size: int
+    version: int
+    dimension: int
+
+
+@dataclass(frozen=True, slots=True)
+class RequestLimits:
+    """The request limits a caller must stay within (violations are INVALID_ARGUMENT)."""
+
+    max_batch_texts: int
+    max_text_chars: int
+    max_top_k: int
+    max_tokens: int
+    max_stop_sequences: int
+    max_prompt_chars: int
+    max_metadata_entries: int
+
+
+@dataclass(frozen=True, slots=True)
+class ServiceInfo:
+    """What Info reports: the server's version, its engines and its request limits."""
+
+    version: str
+    embedder: EmbedderDescription
+    generators: list[EngineInfo]
+    index: IndexDescription
+    limits: RequestLimits

@@ -10,11 +10,24 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable
+from typing import Protocol
 from wsgiref.simple_server import WSGIServer
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
 GRPC_LABELS = ("grpc_type", "grpc_service", "grpc_method")
+
+
+class _Slots(Protocol):
+    """What the gauges read from admission control (rag_grpc.limits.admission.Admission)."""
+
+    @property
+    def running(self) -> int: ...
+
+    @property
+    def waiting(self) -> int: ...
+
+
 HANDLING_SECONDS_BUCKETS = (
     0.0005,
     0.001,
@@ -127,11 +140,22 @@ class GrpcMetrics:
             registry=registry,
         )
         self.generations_running = Gauge(
-            "rag_generate_running", "Generate calls holding an admission slot.", registry=registry
+            "rag_generate_running",
+            "Generations holding a slot: the engine is working on them.",
+            registry=registry,
         )
         self.generations_waiting = Gauge(
             "rag_generate_waiting", "Generate calls queued for an admission slot.", registry=registry
         )
+
+    def count_refusal(self, caller: str, reason: str) -> None:
+        """A call refused by admission (caller_quota, queue_full, draining)."""
+        self.rate_limited.labels(caller, reason).inc()
+
+    def watch_admission(self, admission: _Slots) -> None:
+        """Slot counts are read at scrape time, so they are right whoever changed them."""
+        self.generations_running.set_function(lambda: admission.running)
+        self.generations_waiting.set_function(lambda: admission.waiting)
 
 
 class ServiceMetrics:
@@ -176,7 +200,7 @@ class ServiceMetrics:
             ("model", "finish_reason"),
             registry=registry,
         )
-        # Recorded by the micro-batchers (see metrics_adapters.BatchSizeMetrics), which form the model batches.
+        # Recorded by the micro-batchers, which form the model batches (see app.metered_stats).
         self.embed_batch_size = Histogram(
             "rag_embed_batch_size",
             "Texts per embedding model call.",
@@ -217,6 +241,15 @@ class ServiceMetrics:
             ("cache",),
             registry=registry,
         )
+
+    def record_cache_lookup(self, cache: str, hits: int, misses: int) -> None:
+        if hits:
+            self.cache_hits.labels(cache).inc(hits)
+        if misses:
+            self.cache_misses.labels(cache).inc(misses)
+
+    def record_cache_error(self, cache: str) -> None:
+        self.cache_errors.labels(cache).inc()
 
     def watch_index(self, size: Callable[[], float]) -> None:
         """The index size is read at scrape time, so it is right whoever changed the index."""

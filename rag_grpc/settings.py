@@ -111,16 +111,17 @@ class Settings(BaseSettings):
         description="A Generate whose client accepts no message for this long is aborted and freed.",
     )
 
-    # --- batched generation (transformers engine)
-    generator_max_batch_size: int = Field(
-        16,
+    # --- batched generation: kept for deployments that set them; the engine's batch is the admission capacity
+    generator_max_batch_size: int | None = Field(
+        None,
         ge=1,
-        description="Most Generate requests the transformers engine decodes together; more wait in a queue.",
+        description="Deprecated alias of max_concurrent_generations (the transformers engine decodes that many "
+        "requests together); setting both to different values is an error.",
     )
-    generator_max_waiting_requests: int = Field(
-        256,
+    generator_max_waiting_requests: int | None = Field(
+        None,
         ge=0,
-        description="Most Generate requests waiting for a batch slot; beyond it Generate answers UNAVAILABLE.",
+        description="Deprecated alias of max_queued_generations; setting both to different values is an error.",
     )
 
     # --- request limits (violations answer INVALID_ARGUMENT naming the field)
@@ -296,6 +297,22 @@ class Settings(BaseSettings):
         return value
 
     @model_validator(mode="after")
+    def _fold_generation_aliases(self) -> Settings:
+        # One concept, one value: the deprecated engine-level names feed the admission settings.
+        pairs = (
+            ("generator_max_batch_size", "max_concurrent_generations"),
+            ("generator_max_waiting_requests", "max_queued_generations"),
+        )
+        for alias, name in pairs:
+            value = getattr(self, alias)
+            if value is None:
+                continue
+            if name in self.model_fields_set and getattr(self, name) != value:
+                raise ValueError(f"{alias} (deprecated) and {name} are both set, to different values")
+            object.__setattr__(self, name, value)
+        return self
+
+    @model_validator(mode="after")
     def _tls_pair(self) -> Settings:
         if (self.tls_cert_file is None) != (self.tls_key_file is None):
             raise ValueError("tls_cert_file and tls_key_file must be set together")
@@ -319,6 +336,11 @@ class Settings(BaseSettings):
         ge=0,
         description="Take a snapshot once the write-ahead log has grown by this many bytes, bounding replay at "
         "start-up; 0 disables.",
+    )
+    health_check_interval_s: float = Field(
+        1.0,
+        gt=0,
+        description="Seconds between checks of the engines' health, which the gRPC health service reports.",
     )
     port_file: Path | None = Field(
         None,

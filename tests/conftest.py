@@ -12,6 +12,7 @@ import subprocess
 import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 
 import grpc
 import pytest
@@ -19,8 +20,8 @@ import redis
 from grpc_health.v1 import health_pb2_grpc
 
 from rag_grpc.api.server import RagServer
-from rag_grpc.app import build_interceptors
 from rag_grpc.engines import Engines, open_engines
+from rag_grpc.engines.model_files import converted_model_dir, resolve_generator_source
 from rag_grpc.service import RagService
 from rag_grpc.settings import Settings
 from rag_grpc.v1 import rag_pb2_grpc as pb_grpc
@@ -30,6 +31,12 @@ from rag_grpc.v1 import rag_pb2_grpc as pb_grpc
 def settings() -> Settings:
     # _env_file=None: a developer's .env must not change what the tests see.
     return Settings(_env_file=None, host="127.0.0.1", port=0, log_json=True, shutdown_grace_s=1.0)  # type: ignore[call-arg]
+
+
+@pytest.fixture(scope="session")
+def generator_model_dir(settings: Settings) -> Path:
+    source = resolve_generator_source(settings.generator_model)
+    return converted_model_dir(source, settings.model_cache_dir) if source.suffix == ".gguf" else source
 
 
 @pytest.fixture(scope="session")
@@ -46,7 +53,7 @@ async def service(engines: Engines, settings: Settings) -> RagService:
 @pytest.fixture(scope="session")
 async def server(service: RagService, settings: Settings) -> AsyncIterator[RagServer]:
     # The default chain (no keys, no rate limits): what `make serve` runs.
-    rag_server = RagServer(settings, service, build_interceptors(settings))
+    rag_server = RagServer(settings, service)
     await rag_server.start()
     yield rag_server
     await rag_server.stop(0)

@@ -16,6 +16,7 @@ from rag_grpc.domain import (
     RetrieveInput,
     SamplingInput,
     SearchResult,
+    ServiceInfo,
     SourcesEvent,
 )
 from rag_grpc.v1 import rag_pb2 as pb
@@ -90,6 +91,7 @@ def generate_input(request: pb.GenerateRequest) -> GenerateInput:
             top_k=_optional(s, "top_k"),  # type: ignore[arg-type]
             stop=tuple(s.stop),
             seed=_optional(s, "seed"),  # type: ignore[arg-type]
+            min_tokens=_optional(s, "min_tokens"),  # type: ignore[arg-type]
         ),
         retrieval=retrieval,
         model=request.model,
@@ -117,4 +119,37 @@ def generate_response(event: GenerateEvent) -> pb.GenerateResponse:
             model=event.model,
             cached=event.cached,
         )
+    )
+
+
+def info_response(info: ServiceInfo) -> pb.InfoResponse:
+    embedder, index, limits = info.embedder, info.index, info.limits
+    return pb.InfoResponse(
+        version=info.version,
+        embedder=pb.EmbedderInfo(
+            model=embedder.info.model,
+            dimension=embedder.dimension,
+            max_input_tokens=embedder.max_input_tokens,
+            device=embedder.info.device,
+            backend=embedder.info.backend,
+        ),
+        generators=[
+            pb.GeneratorInfo(model=g.model, device=g.device, backend=g.backend) for g in info.generators
+        ],
+        index=pb.IndexInfo(
+            backend=index.info.backend,
+            device=index.info.device,
+            size=index.size,
+            version=index.version,
+            dimension=index.dimension,
+        ),
+        limits=pb.Limits(
+            max_batch_texts=limits.max_batch_texts,
+            max_text_chars=limits.max_text_chars,
+            max_top_k=limits.max_top_k,
+            max_tokens=limits.max_tokens,
+            max_stop_sequences=limits.max_stop_sequences,
+            max_prompt_chars=limits.max_prompt_chars,
+            max_metadata_entries=limits.max_metadata_entries,
+        ),
     )

@@ -1,24 +1,23 @@
-"""RagServer assembles the grpc.aio server: servicers, interceptors, health and reflection, TLS, and
-the metrics endpoint that lives as long as the server."""
+"""RagServer assembles the grpc.aio server: servicers, the interceptor chain, health (kept in step with
+the engines) and reflection, TLS, and the metrics endpoint that lives as long as the server."""
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
 
 import grpc
 import structlog
-from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_health.v1 import health, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from prometheus_client import CollectorRegistry
 
 from rag_grpc.api import servicers
-from rag_grpc.api.interceptors.deadline import DeadlineCeilingInterceptor
+from rag_grpc.api.health_monitor import HealthMonitor
+from rag_grpc.api.interceptors.chain import interceptor_chain
 from rag_grpc.api.interceptors.drain import DrainInterceptor
-from rag_grpc.api.interceptors.decoding import RequestDecodingInterceptor
-from rag_grpc.api.interceptors.errors import ErrorMappingInterceptor
 from rag_grpc.api.tls import server_credentials
-from rag_grpc.metrics import MetricsHttpServer
+from rag_grpc.limits.rate_limiter import RateLimiter
+from rag_grpc.metrics import GrpcMetrics, MetricsHttpServer
 from rag_grpc.service import RagService
 from rag_grpc.settings import Settings
 from rag_grpc.v1 import rag_pb2 as pb
@@ -47,28 +46,28 @@ class RagServer:
         self,
         settings: Settings,
         service: RagService,
-        interceptors: Sequence[grpc.aio.ServerInterceptor] = (),
+        *,
         metrics_registry: CollectorRegistry | None = None,
+        grpc_metrics: GrpcMetrics | None = None,
+        limiter: RateLimiter | None = None,
     ) -> None:
-        """`metrics_registry` is served on settings.metrics_port while the server runs (if both are set)."""
+        """`metrics_registry` is served on settings.metrics_port while the server runs (if both are set);
+        `grpc_metrics` are recorded there (a private registry when not given). `limiter` enforces the rate
+        limits (None: no limits); it is the caller's to close."""
         self._settings = settings
+        self.service = service
         self._metrics_http = (
             MetricsHttpServer(metrics_registry, settings.metrics_host, settings.metrics_port)
             if settings.metrics_port and metrics_registry is not None
             else None
         )
         self.health = health.aio.HealthServicer()
-        # Outermost first. Error mapping sits inside the configured interceptors so they see final statuses;
-        # the deadline ceiling and request decoding sit inside it, so that DeadlineExceeded and an unparsable
-        # request (INVALID_ARGUMENT, not UNKNOWN) go through the one error map.
+        self._health_monitor = HealthMonitor(
+            self.health, service.engine_health, settings.health_check_interval_s
+        )
         self._drain = DrainInterceptor()
-        chain = [
-            *interceptors,
-            ErrorMappingInterceptor(),
-            self._drain,
-            DeadlineCeilingInterceptor(settings.call_deadline_ceiling_s),
-            RequestDecodingInterceptor(),
-        ]
+        grpc_metrics = grpc_metrics if grpc_metrics is not None else GrpcMetrics(CollectorRegistry())
+        chain = interceptor_chain(settings, grpc_metrics, limiter, self._drain)
         self._server = grpc.aio.server(interceptors=chain, options=server_options(settings))
         pb_grpc.add_EmbedServiceServicer_to_server(servicers.EmbedServicer(service), self._server)
         pb_grpc.add_RetrieveServiceServicer_to_server(servicers.RetrieveServicer(service), self._server)
@@ -94,8 +93,8 @@ class RagServer:
         if self._metrics_http is not None:
             self._metrics_http.start()
         await self._server.start()
-        for name in (health.OVERALL_HEALTH, *SERVICE_NAMES):
-            await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
+        await self._health_monitor.update()
+        self._health_monitor.start()
         tls = "off" if credentials is None else "mutual" if self._settings.tls_client_ca_file else "on"
         log.info(
             "server_started",
@@ -112,8 +111,11 @@ class RagServer:
     async def stop(self, grace: float | None) -> None:
         """Drains, then stops. Health goes NOT_SERVING first so balancers stop sending; new API calls get
         UNAVAILABLE while those in flight get up to `grace` seconds to finish; the rest are cancelled."""
+        await self._health_monitor.stop()
         await self.health.enter_graceful_shutdown()
         self._drain.start_draining()
+        # Generations still waiting for a slot are told to go elsewhere now; running ones get the grace.
+        self.service.admission.drain()
         if grace:
             try:
                 await asyncio.wait_for(self._drain.wait_idle(), grace)

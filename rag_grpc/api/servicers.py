@@ -4,13 +4,14 @@ ErrorMappingInterceptor, so no handler catches domain exceptions itself."""
 from __future__ import annotations
 
 import asyncio
+import uuid
 from collections.abc import AsyncIterator
 
 import grpc
 
-from rag_grpc import __version__
 from rag_grpc.api import converters
-from rag_grpc.domain import Document
+from rag_grpc.api.call_context import current_call
+from rag_grpc.domain import Document, RequestContext
 from rag_grpc.errors import ResourceExhausted
 from rag_grpc.service import RagService
 from rag_grpc.service.streaming import CoalescingLimits, CoalescingStream
@@ -18,6 +19,14 @@ from rag_grpc.v1 import rag_pb2 as pb
 from rag_grpc.v1 import rag_pb2_grpc as pb_grpc
 
 Context = grpc.aio.ServicerContext
+
+
+def request_context() -> RequestContext:
+    """The call's id and caller, as the request-log and auth interceptors recorded them."""
+    call = current_call()
+    if call is None or not call.request_id:  # a server built without the request-log interceptor
+        return RequestContext(uuid.uuid4().hex)
+    return RequestContext(call.request_id, call.caller.name)
 
 
 class EmbedServicer(pb_grpc.EmbedServiceServicer):
@@ -50,7 +59,7 @@ class GenerateServicer(pb_grpc.GenerateServiceServicer):
     # A coroutine that writes, rather than an async generator that yields: only then can a write that
     # the client does not accept be noticed, and the generation behind it aborted.
     async def Generate(self, request: pb.GenerateRequest, context: Context) -> None:
-        events = self._service.generate(converters.generate_input(request))
+        events = self._service.generate(converters.generate_input(request), request_context())
         async with CoalescingStream(events, self._limits) as stream:
             async for event in stream:
                 await self._write(context, converters.generate_response(event), stream)
@@ -91,8 +100,10 @@ class DocumentServicer(pb_grpc.DocumentServiceServicer):
             async for request in request_iterator:
                 yield converters.documents(request.documents)
 
-        documents, count, version = await self._service.ingest(batches())
-        return pb.IngestResponse(documents=documents, batches=count, index_version=version)
+        result = await self._service.ingest(batches())
+        return pb.IngestResponse(
+            documents=result.documents, batches=result.batches, index_version=result.index_version
+        )
 
 
 class InfoServicer(pb_grpc.InfoServiceServicer):
@@ -100,38 +111,7 @@ class InfoServicer(pb_grpc.InfoServiceServicer):
         self._service = service
 
     async def Info(self, request: pb.InfoRequest, context: Context) -> pb.InfoResponse:
-        engines, s = self._service.engines, self._service.settings
-        embedder, store = engines.embedder, engines.vector_store
-        return pb.InfoResponse(
-            version=__version__,
-            embedder=pb.EmbedderInfo(
-                model=embedder.info.model,
-                dimension=embedder.dimension,
-                max_input_tokens=embedder.max_input_tokens,
-                device=embedder.info.device,
-                backend=embedder.info.backend,
-            ),
-            generators=[
-                pb.GeneratorInfo(model=g.info.model, device=g.info.device, backend=g.info.backend)
-                for g in engines.generators.values()
-            ],
-            index=pb.IndexInfo(
-                backend=store.info.backend,
-                device=store.info.device,
-                size=store.size,
-                version=store.version,
-                dimension=store.dimension,
-            ),
-            limits=pb.Limits(
-                max_batch_texts=s.max_batch_texts,
-                max_text_chars=s.max_text_chars,
-                max_top_k=s.max_top_k,
-                max_tokens=s.max_tokens,
-                max_stop_sequences=s.max_stop_sequences,
-                max_prompt_chars=s.max_prompt_chars,
-                max_metadata_entries=s.max_metadata_entries,
-            ),
-        )
+        return converters.info_response(self._service.info())
 
 
 class AdminServicer(pb_grpc.AdminServiceServicer):

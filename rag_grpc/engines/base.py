@@ -2,7 +2,9 @@
 
 Every engine is an async context manager: entering loads models and starts workers, leaving
 releases them. No method may block the event loop; blocking model, tokenizer and index calls
-run on the engine's own worker threads.
+run on the engine's own worker threads. Every engine reports its health with `check_health()`,
+which raises Unavailable while the engine cannot do its work (a dead worker thread or engine
+process); the server's health service follows it.
 """
 
 from __future__ import annotations
@@ -29,6 +31,10 @@ class Embedder(Protocol):
     @property
     def info(self) -> EngineInfo: ...
 
+    async def check_health(self) -> None:
+        """Returns when the engine can work; raises Unavailable (saying why) when it cannot."""
+        ...
+
     @property
     def dimension(self) -> int: ...
 
@@ -50,6 +56,10 @@ class VectorStore(Protocol):
 
     @property
     def info(self) -> EngineInfo: ...
+
+    async def check_health(self) -> None:
+        """Returns when the engine can work; raises Unavailable (saying why) when it cannot."""
+        ...
 
     @property
     def dimension(self) -> int: ...
@@ -113,6 +123,10 @@ class Snapshotter(Protocol):
 class Generator(Protocol):
     @property
     def info(self) -> EngineInfo: ...
+
+    async def check_health(self) -> None:
+        """Returns when the engine can work; raises Unavailable (saying why) when it cannot."""
+        ...
 
     @property
     def control_tokens(self) -> Sequence[str]:

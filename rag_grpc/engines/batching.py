@@ -14,6 +14,7 @@ import numpy as np
 from rag_grpc.domain import Document, EmbeddingBatch, EngineInfo, FloatMatrix, SearchQuery, SearchResult
 from rag_grpc.engines.base import Embedder, VectorStore
 from rag_grpc.engines.micro_batcher import BatcherStats, MicroBatcher
+from rag_grpc.errors import Unavailable
 
 _EmbeddedText = tuple[np.ndarray, int]
 
@@ -41,6 +42,11 @@ class _BatchingWrapper:
 
     async def __aexit__(self, *exc_info: object) -> None:
         await self._batcher.stop()
+
+    async def check_health(self) -> None:
+        if not self._batcher.working:
+            raise Unavailable(f"the {self.info.backend} batcher is not running")
+        await self.inner.check_health()
 
     @property
     def info(self) -> EngineInfo:

@@ -29,8 +29,9 @@ class Engines:
     generators: dict[str, Generator]
 
     @property
-    def default_generator(self) -> str:
-        return next(iter(self.generators))
+    def default_generator(self) -> Generator:
+        """The generator for requests that name no model (FailedPrecondition-worthy to ask with none)."""
+        return next(iter(self.generators.values()))
 
 
 def build_embedder(settings: Settings) -> Embedder:
@@ -110,8 +111,9 @@ async def build_generator(settings: Settings) -> Generator:
         model_dir,
         resolve_torch_device(settings.generator_device),
         model_id,
-        max_batch_size=settings.generator_max_batch_size,
-        max_waiting_requests=settings.generator_max_waiting_requests,
+        # Admission lets at most this many requests reach the engine; its own queue only guards direct use.
+        max_batch_size=settings.max_concurrent_generations,
+        max_waiting_requests=settings.max_queued_generations,
     )
 
 

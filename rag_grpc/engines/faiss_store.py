@@ -60,6 +60,9 @@ class FaissVectorStore:
     async def __aexit__(self, *exc_info: object) -> None:
         self._executor.shutdown(wait=True, cancel_futures=True)
 
+    async def check_health(self) -> None:
+        """Always healthy once started: the index lives in this process and has no worker of its own to lose."""
+
     @property
     def info(self) -> EngineInfo:
         return EngineInfo(backend="faiss", model="IndexIDMap2(IndexFlatIP)", device=self._device)

@@ -34,7 +34,7 @@ Out = TypeVar("Out")
 
 @dataclass
 class BatcherStats:
-    """Plain counters; a metrics exporter reads them or passes a subclass that also records elsewhere."""
+    """Plain counters; a metrics exporter reads them, or passes `on_batch` to see every batch's size."""
 
     batches: int = 0
     items: int = 0
@@ -42,10 +42,13 @@ class BatcherStats:
     rejected_calls: int = 0
     # Items whose callers were cancelled before their batch ran, so they were never computed.
     dropped_items: int = 0
+    on_batch: Callable[[int], None] | None = None
 
     def record_batch(self, items: int) -> None:
         self.batches += 1
         self.items += items
+        if self.on_batch is not None:
+            self.on_batch(items)
 
     def record_rejected(self) -> None:
         self.rejected_calls += 1
@@ -94,6 +97,11 @@ class MicroBatcher(Generic[In, Out]):
 
     def start(self) -> None:
         self._worker = asyncio.create_task(self._work(), name=f"{self._name}-batcher")
+
+    @property
+    def working(self) -> bool:
+        """False once the worker task has ended (stopped, or died of an error it could not survive)."""
+        return self._worker is not None and not self._worker.done()
 
     async def stop(self) -> None:
         """Fails waiting calls with Unavailable and stops the worker (a running batch is cancelled)."""

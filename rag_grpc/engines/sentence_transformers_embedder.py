@@ -41,6 +41,9 @@ class SentenceTransformerEmbedder:
         model.eval()
         return model
 
+    async def check_health(self) -> None:
+        """Always healthy once started: the model lives in this process and has no worker of its own to lose."""
+
     @property
     def info(self) -> EngineInfo:
         return EngineInfo(backend="sentence-transformers", model=self._model_id, device=self._device)

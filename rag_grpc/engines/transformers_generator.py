@@ -3,11 +3,13 @@
 Concurrent requests are decoded together. One scheduler thread owns the model and loops over
 decode steps of a PaddedBatch; between two steps it drops rows whose consumer left, prefills the
 waiting requests that fit (up to `max_batch_size` rows) and merges them into the running batch,
-and removes rows that finished. Requests beyond the batch size wait in a bounded queue. Chunks
-travel to each consumer's event loop in one hop per step.
+and removes rows that finished. Chunks travel to each consumer's event loop in one hop per step.
 
-An abandoned request is dropped before the next step, so it stops within one decode step and never
-disturbs the rows it shared a batch with.
+A consumer that leaves (cancelled, deadline, closed stream) stops counting against the engine's
+capacity at once; its row is cut out before the next step, so it never disturbs its neighbours.
+A decode step that fails is retried once after recomputing the batch's cache from its rows'
+tokens (as vLLM recomputes preempted requests); only if that fails too are the rows ended, with
+UNAVAILABLE (retryable), and the engine goes on with the requests that come next.
 """
 
 from __future__ import annotations
@@ -15,7 +17,6 @@ from __future__ import annotations
 import asyncio
 import threading
 from collections import deque
-from collections.abc import AsyncGenerator, Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Self
@@ -23,11 +24,15 @@ from typing import TYPE_CHECKING, Any, Self
 import structlog
 
 from rag_grpc.domain import EngineInfo, FinishReason, GenerationChunk, GenerationRequest
-from rag_grpc.engines.chat_tokens import control_tokens
+from rag_grpc.engines.chat_template import ChatTemplate
 from rag_grpc.engines.streaming_text import IncrementalDecoder, StopSequenceFilter
-from rag_grpc.errors import EngineError, InvalidArgument, RagError, Unavailable
+from rag_grpc.errors import EngineError, RagError, Unavailable
 
 if TYPE_CHECKING:  # torch is imported lazily: importing the package must not load it
+    from collections.abc import AsyncGenerator, Sequence
+
+    import torch
+
     from rag_grpc.engines.padded_batch import PaddedBatch
     from rag_grpc.engines.sampling import TokenSampler
 
@@ -47,41 +52,41 @@ class _Job:
 
 
 class _Row:
-    """One request in the running batch: its sampler, its text stream and its token counts."""
+    """One request in the running batch: its tokens, its sampler and its text stream.
 
-    def __init__(
-        self,
-        job: _Job,
-        prompt_tokens: int,
-        sampler: TokenSampler,
-        decode: Callable[[list[int]], str],
-        eos_ids: set[int],
-    ) -> None:
+    Invariant between steps: the batch's cache holds `prompt + generated[:-1]` and the next step
+    feeds `generated[-1]`, so a row always has at least one generated token.
+    """
+
+    def __init__(self, job: _Job, prompt: list[int], sampler: TokenSampler, template: ChatTemplate) -> None:
         self.job = job
+        self.prompt = prompt
         self.sampler = sampler
-        self.prompt_tokens = prompt_tokens
-        self.last_token = -1
+        self.generated: list[int] = []
         self.finished = False
-        self._max_tokens = job.request.sampling.max_tokens
-        self._eos_ids = eos_ids
-        self._decoder = IncrementalDecoder(decode)
-        self._stop_filter = StopSequenceFilter(job.request.sampling.stop)
-        self._generated = 0
+        sampling = job.request.sampling
+        self.min_tokens = sampling.min_tokens
+        self._max_tokens = sampling.max_tokens
+        self._decoder = IncrementalDecoder(template.decode)
+        self._stop_filter = StopSequenceFilter(sampling.stop)
         self._unreported_tokens = 0
 
-    def accept(self, token: int) -> GenerationChunk | None:
+    @property
+    def last_token(self) -> int:
+        return self.generated[-1]
+
+    def accept(self, token: int, eos_ids: set[int]) -> GenerationChunk | None:
         """Takes the row's next token; returns the chunk to send, if any (the last one carries the finish reason)."""
-        self.last_token = token
-        self._generated += 1
+        self.generated.append(token)
         self._unreported_tokens += 1
         reason: FinishReason | None
-        if token in self._eos_ids:  # counted in usage, carries no text
+        if token in eos_ids:  # counted in usage, carries no text
             text, reason = "", FinishReason.STOP
         else:
             text = self._stop_filter.push(self._decoder.push([token]))
             if self._stop_filter.stopped:
                 reason = FinishReason.STOP
-            elif self._generated >= self._max_tokens:
+            elif len(self.generated) >= self._max_tokens:
                 reason = FinishReason.LENGTH
             else:
                 reason = None
@@ -92,7 +97,7 @@ class _Row:
 
     def _chunk(self, text: str, reason: FinishReason | None = None) -> GenerationChunk:
         count, self._unreported_tokens = self._unreported_tokens, 0
-        return GenerationChunk(text, count, reason, prompt_tokens=self.prompt_tokens)
+        return GenerationChunk(text, count, reason, prompt_tokens=len(self.prompt))
 
 
 class TransformersGenerator:
@@ -110,19 +115,23 @@ class TransformersGenerator:
         self._max_batch_size = max_batch_size
         self._max_waiting_requests = max_waiting_requests
         self._model: Any = None
-        self._tokenizer: Any = None
+        self._template: ChatTemplate | None = None
         self._eos_ids: set[int] = set()
-        self._context_tokens = 0
-        # Jobs submitted and not yet retired by the scheduler (waiting, running, or being torn down).
+        # Jobs whose consumer is still there and that the scheduler has not retired: what counts
+        # against capacity. A consumer that leaves takes its job out itself, at once.
         self._running: set[_Job] = set()
         self._waiting: deque[_Job] = deque()
         self._wakeup = threading.Condition()
         self._closing = False
         self._scheduler: threading.Thread | None = None
+        # Why the scheduler thread ended on its own; the engine is dead from then on.
+        self._died_of: BaseException | None = None
 
     async def __aenter__(self) -> Self:
         await asyncio.to_thread(self._load)
-        self._scheduler = threading.Thread(target=self._schedule, name="generator-scheduler", daemon=True)
+        self._scheduler = threading.Thread(
+            target=self._run_scheduler, name="generator-scheduler", daemon=True
+        )
         self._scheduler.start()
         return self
 
@@ -139,18 +148,19 @@ class TransformersGenerator:
 
         from rag_grpc.engines.padded_batch import PaddedBatch
 
-        self._tokenizer = AutoTokenizer.from_pretrained(str(self._model_dir))
+        tokenizer = AutoTokenizer.from_pretrained(str(self._model_dir))
         dtype = torch.float32 if self._device == "cpu" else torch.bfloat16
         model = AutoModelForCausalLM.from_pretrained(str(self._model_dir), dtype=dtype)
         self._model = model.to(self._device).eval()
+        context_tokens = int(getattr(self._model.config, "max_position_embeddings", 2048))
+        self._template = ChatTemplate(tokenizer, context_tokens)
         eos = self._model.generation_config.eos_token_id
-        self._context_tokens = int(getattr(self._model.config, "max_position_embeddings", 2048))
         self._eos_ids = set(eos if isinstance(eos, list) else [eos] if eos is not None else [])
-        if self._tokenizer.eos_token_id is not None:
-            self._eos_ids.add(self._tokenizer.eos_token_id)
+        if tokenizer.eos_token_id is not None:
+            self._eos_ids.add(tokenizer.eos_token_id)
         # Warm-up: the first forward pays one-off initialisation, and it shows the cache's layer types.
         with torch.inference_mode():
-            batch, _ = PaddedBatch.prefill(self._model, [self._tokenizer.encode("Hello")])
+            batch, _ = PaddedBatch.prefill(self._model, [tokenizer.encode("Hello")])
         if not batch.can_merge() and self._max_batch_size > 1:
             # Sliding-window or recurrent layers cannot be left-padded and concatenated; decode one at a time.
             log.warning(
@@ -164,16 +174,24 @@ class TransformersGenerator:
 
     @property
     def control_tokens(self) -> Sequence[str]:
-        return control_tokens(self._tokenizer)
+        assert self._template is not None, "the engine is not started"
+        return self._template.control_tokens
 
     def num_running_requests(self) -> int:
         return len(self._running)
 
+    async def check_health(self) -> None:
+        """Raises Unavailable once the scheduler thread has died (nothing would ever be decoded again)."""
+        if self._died_of is not None:
+            raise Unavailable(f"the generator engine stopped: {type(self._died_of).__name__}")
+        if self._scheduler is None or not self._scheduler.is_alive():
+            raise Unavailable("the generator engine is not running")
+
     async def generate(self, request: GenerationRequest) -> AsyncGenerator[GenerationChunk, None]:
         job = _Job(request=request, loop=asyncio.get_running_loop())
         with self._wakeup:
-            if self._closing:
-                raise Unavailable("the generator is shutting down")
+            if self._closing or self._died_of is not None:
+                raise Unavailable("the generator engine is not running")
             if len(self._running) >= self._max_batch_size + self._max_waiting_requests:
                 raise Unavailable("too many generation requests are waiting; retry later")
             self._running.add(job)
@@ -183,7 +201,7 @@ class TransformersGenerator:
             while True:
                 item = await job.chunks.get()
                 if isinstance(item, RagError):
-                    raise item  # the request's fault (e.g. too long for the model), not the engine's
+                    raise item  # the request's own fault (e.g. too long for the model), or Unavailable
                 if isinstance(item, BaseException):
                     raise EngineError("generation failed") from item
                 yield item
@@ -191,12 +209,24 @@ class TransformersGenerator:
                     return
         finally:
             # Reached on normal end, on the consumer closing us early, and on task cancellation.
-            if job in self._running:
-                with self._wakeup:
+            with self._wakeup:
+                if job in self._running:
                     job.aborted = True
-                    self._wakeup.notify()  # an idle scheduler retires a waiting job now
+                    self._running.discard(job)  # no longer counts against capacity, from now on
+                    self._wakeup.notify()  # an idle scheduler drops a waiting job now
 
     # --- scheduler thread: the only code that touches the model
+
+    def _run_scheduler(self) -> None:
+        try:
+            self._schedule()
+        except BaseException as exc:  # noqa: BLE001 - recorded, then reported by check_health
+            log.exception("generator_scheduler_died")
+            with self._wakeup:
+                self._died_of = exc
+                stranded = list(self._running)
+                self._waiting.clear()
+            self._retire(stranded, Unavailable("the generator engine stopped; retry on another replica"))
 
     def _schedule(self) -> None:
         import torch
@@ -208,17 +238,11 @@ class TransformersGenerator:
             joining = self._next_joining(free_slots=self._max_batch_size - len(rows), idle=not rows)
             if joining is None:
                 break
-            try:
-                with torch.inference_mode():
-                    if joining:
-                        rows, batch = self._admit(joining, rows, batch)
-                    if batch is not None:  # there are rows to decode
-                        rows, batch = self._decode_step(rows, batch)
-            except Exception as exc:  # fail these requests (the batch's state is unknown), keep serving
-                log.exception("generator_step_failed")
-                stranded = {row.job for row in rows} | {job for job in joining if job in self._running}
-                self._retire(list(stranded), exc)
-                rows, batch = [], None
+            with torch.inference_mode():
+                if joining:
+                    rows, batch = self._admit(joining, rows, batch)
+                if batch is not None:  # there are rows to decode
+                    rows, batch = self._decode_step(rows, batch)
         with self._wakeup:
             leftover = [row.job for row in rows] + list(self._waiting)
             self._waiting.clear()
@@ -230,7 +254,6 @@ class TransformersGenerator:
             while True:
                 for job in [job for job in self._waiting if job.aborted]:
                     self._waiting.remove(job)
-                    self._running.discard(job)
                 if self._closing:
                     return None
                 if self._waiting or not idle:
@@ -245,10 +268,11 @@ class TransformersGenerator:
         from rag_grpc.engines.padded_batch import PaddedBatch
         from rag_grpc.engines.sampling import TokenSampler, sample_next_tokens
 
+        assert self._template is not None
         prompts: list[list[int]] = []
         for job in list(jobs):
             try:
-                prompts.append(self._prompt_ids(job.request))
+                prompts.append(self._template.render(job.request.messages, job.request.sampling.max_tokens))
             except Exception as exc:  # noqa: BLE001 - reported to this consumer only
                 self._retire([job], exc)
                 jobs.remove(job)
@@ -256,27 +280,27 @@ class TransformersGenerator:
             return rows, batch
         try:
             joined, logits = PaddedBatch.prefill(self._model, prompts)
-        except Exception as exc:  # noqa: BLE001 - reported to these consumers only; the running batch goes on
-            self._retire(jobs, exc)
+            samplers = [TokenSampler.for_options(job.request.sampling, self._device) for job in jobs]
+            self._suppress_eos(logits, [job.request.sampling.min_tokens > 0 for job in jobs])
+            first_tokens = sample_next_tokens(logits, samplers)
+        except Exception:  # noqa: BLE001 - these consumers only; the running batch goes on
+            log.exception("generator_prefill_failed", requests=len(jobs))
+            self._retire(jobs, Unavailable("the generator failed to read the prompt; retry"))
             return rows, batch
-        decode = self._decode_text
         new_rows = [
-            _Row(
-                job,
-                len(prompt),
-                TokenSampler.for_options(job.request.sampling, self._device),
-                decode,
-                self._eos_ids,
-            )
-            for job, prompt in zip(jobs, prompts)
+            _Row(job, prompt, sampler, self._template)
+            for job, prompt, sampler in zip(jobs, prompts, samplers, strict=True)
         ]
-        self._accept(new_rows, sample_next_tokens(logits, [row.sampler for row in new_rows]))
-        unfinished = [index for index, row in enumerate(new_rows) if not row.finished]
-        if not unfinished:
+        self._accept(new_rows, first_tokens)
+        # A consumer that left while its prompt was read never joins the batch.
+        leaving = [row for row in new_rows if row.finished or row.job.aborted]
+        self._retire([row.job for row in leaving])
+        kept = [index for index, row in enumerate(new_rows) if row not in leaving]
+        if not kept:
             return rows, batch
-        if len(unfinished) < len(new_rows):
-            joined.keep(unfinished)
-        new_rows = [new_rows[index] for index in unfinished]
+        if len(kept) < len(new_rows):
+            joined.keep(kept)
+        new_rows = [new_rows[index] for index in kept]
         if batch is None:
             return new_rows, joined
         batch.extend(joined)
@@ -285,23 +309,41 @@ class TransformersGenerator:
     def _decode_step(self, rows: list[_Row], batch: PaddedBatch) -> tuple[list[_Row], PaddedBatch | None]:
         import torch
 
+        from rag_grpc.engines.padded_batch import PaddedBatch
         from rag_grpc.engines.sampling import sample_next_tokens
 
         last_tokens = torch.tensor([row.last_token for row in rows], dtype=torch.long, device=self._device)
-        logits = batch.decode(self._model, last_tokens)
+        try:
+            logits = batch.decode(self._model, last_tokens)
+        except Exception:  # noqa: BLE001 - the batch's state is unknown: rebuild it once from the tokens
+            log.exception("generator_step_failed", rows=len(rows))
+            try:
+                batch, _ = PaddedBatch.prefill(self._model, [row.prompt + row.generated[:-1] for row in rows])
+                logits = batch.decode(self._model, last_tokens)
+            except Exception:  # noqa: BLE001 - reported to these consumers as retryable
+                log.exception("generator_recompute_failed", rows=len(rows))
+                self._retire([row.job for row in rows], Unavailable("the generator failed mid-answer; retry"))
+                return [], None
+        self._suppress_eos(logits, [len(row.generated) < row.min_tokens for row in rows])
         self._accept(rows, sample_next_tokens(logits, [row.sampler for row in rows]))
         return self._drop_rows(rows, batch, [row for row in rows if row.finished])
 
     def _accept(self, rows: list[_Row], tokens: list[int]) -> None:
+        """Every row takes its token, so its state stays whole even if its consumer has just left;
+        chunks go only to consumers still there."""
         outbox: list[tuple[_Job, _Item]] = []
-        for row, token in zip(rows, tokens):
-            if row.job.aborted:
-                continue
-            chunk = row.accept(token)
-            if chunk is not None:
+        for row, token in zip(rows, tokens, strict=True):
+            chunk = row.accept(token, self._eos_ids)
+            if chunk is not None and not row.job.aborted:
                 outbox.append((row.job, chunk))
-        self._retire([row.job for row in rows if row.finished])
         self._send(outbox)
+
+    def _suppress_eos(self, logits: torch.Tensor, rows: list[bool]) -> None:
+        """End-of-sequence cannot be drawn by the rows still short of their min_tokens."""
+        if self._eos_ids and any(rows):
+            for index, suppressed in enumerate(rows):
+                if suppressed:
+                    logits[index, list(self._eos_ids)] = float("-inf")
 
     def _drop_rows(
         self, rows: list[_Row], batch: PaddedBatch | None, leaving: list[_Row]
@@ -318,13 +360,14 @@ class TransformersGenerator:
 
     def _retire(self, jobs: list[_Job], error: BaseException | None = None) -> None:
         # Uncounted before the consumer can hear of it, so a caller that saw its stream end sees it gone.
-        for job in jobs:
-            self._running.discard(job)
+        with self._wakeup:
+            for job in jobs:
+                self._running.discard(job)
         if error is not None:
-            self._send([(job, error) for job in jobs])
+            self._send([(job, error) for job in jobs if not job.aborted])
 
     @staticmethod
-    def _send(outbox: list[tuple[_Job, _Item]]) -> None:
+    def _send(outbox: Sequence[tuple[_Job, _Item]]) -> None:
         """Hands chunks to their consumers' event loops, one wake-up per loop."""
         by_loop: dict[asyncio.AbstractEventLoop, list[tuple[_Job, _Item]]] = {}
         for job, item in outbox:
@@ -334,24 +377,6 @@ class TransformersGenerator:
                 loop.call_soon_threadsafe(_deliver, items)
             except RuntimeError:  # that loop is closed: nobody is listening any more
                 pass
-
-    def _prompt_ids(self, request: GenerationRequest) -> list[int]:
-        conversation = [{"role": m.role, "content": m.content} for m in request.messages]
-        ids: list[int] = self._tokenizer.apply_chat_template(
-            conversation, add_generation_prompt=True, tokenize=True, return_dict=False
-        )
-        max_tokens = request.sampling.max_tokens
-        if len(ids) + max_tokens > self._context_tokens:
-            raise InvalidArgument(
-                "prompt",
-                f"is {len(ids)} tokens; with sampling.max_tokens={max_tokens} "
-                f"it exceeds the model's context of {self._context_tokens} tokens",
-            )
-        return ids
-
-    def _decode_text(self, token_ids: list[int]) -> str:
-        text: str = self._tokenizer.decode(token_ids, skip_special_tokens=True)
-        return text
 
 
 def _deliver(items: list[tuple[_Job, _Item]]) -> None:

@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import inspect
-import threading
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from typing import Any, Self
@@ -18,14 +17,13 @@ from typing import Any, Self
 import structlog
 
 from rag_grpc.domain import (
-    ChatMessage,
     EngineInfo,
     FinishReason,
     GenerationChunk,
     GenerationRequest,
     SamplingOptions,
 )
-from rag_grpc.engines.chat_tokens import control_tokens
+from rag_grpc.engines.chat_template import ChatTemplate
 from rag_grpc.errors import EngineError, InvalidArgument, RagError, Unavailable
 
 log = structlog.get_logger(__name__)
@@ -84,9 +82,7 @@ class VllmGenerator:
         self._max_model_len = max_model_len
         self._api = vllm_api
         self._engine: Any = None
-        self._tokenizer: Any = None
-        # A fast HF tokenizer shared across threads can fail with "Already borrowed"; templating is cheap.
-        self._render_lock = threading.Lock()
+        self._template: ChatTemplate | None = None
 
     async def __aenter__(self) -> Self:
         api = self._api = self._api or VllmApi.load()
@@ -100,7 +96,8 @@ class VllmGenerator:
         # sockets to the loop that is running when it is constructed (vllm-project/vllm#17208).
         self._engine = api.async_llm.from_engine_args(args)
         try:
-            self._tokenizer = await self._load_tokenizer()
+            # vLLM refuses prompts beyond max_model_len itself, with its own message.
+            self._template = ChatTemplate(await self._load_tokenizer())
         except BaseException:
             await self.__aexit__()
             raise
@@ -129,17 +126,31 @@ class VllmGenerator:
 
     @property
     def control_tokens(self) -> Sequence[str]:
-        return control_tokens(self._tokenizer)
+        assert self._template is not None, "the engine is not started"
+        return self._template.control_tokens
 
     def num_running_requests(self) -> int:
         return 0 if self._engine is None else int(self._engine.get_num_unfinished_requests())
+
+    async def check_health(self) -> None:
+        """Raises Unavailable when the engine core is dead (vLLM's EngineClient.check_health raises then)."""
+        engine = self._engine
+        if engine is None:
+            raise Unavailable("the vLLM engine is not running")
+        try:
+            await engine.check_health()
+        except Exception as exc:
+            raise Unavailable(f"the vLLM engine is unhealthy ({type(exc).__name__})") from exc
 
     async def generate(self, request: GenerationRequest) -> AsyncIterator[GenerationChunk]:
         engine = self._engine
         if engine is None:
             raise Unavailable("the vLLM engine is not running")
+        assert self._template is not None
         try:
-            prompt_ids = await asyncio.to_thread(self._render, request.messages)
+            prompt_ids = await asyncio.to_thread(
+                self._template.render, request.messages, request.sampling.max_tokens
+            )
         except Exception as exc:
             raise EngineError("chat template rendering failed") from exc
         params = self._sampling_params(request.sampling)
@@ -176,14 +187,6 @@ class VllmGenerator:
                 except Exception:  # e.g. a dead engine; must not hide the error that brought us here
                     log.warning("vllm_abort_failed", request_id=request.request_id, exc_info=True)
 
-    def _render(self, messages: Sequence[ChatMessage]) -> list[int]:
-        conversation = [{"role": m.role, "content": m.content} for m in messages]
-        with self._render_lock:
-            ids = self._tokenizer.apply_chat_template(
-                conversation, add_generation_prompt=True, tokenize=True, return_dict=False
-            )
-        return [int(i) for i in ids]
-
     def _sampling_params(self, sampling: SamplingOptions) -> Any:
         assert self._api is not None
         return self._api.sampling_params(
@@ -193,6 +196,7 @@ class VllmGenerator:
             top_k=sampling.top_k if sampling.top_k > 0 else _TOP_K_DISABLED,
             seed=sampling.seed,
             stop=list(sampling.stop) or None,
+            min_tokens=sampling.min_tokens,
             output_kind=self._api.request_output_kind.DELTA,
         )
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import enum
 from collections import Counter
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from urllib.parse import unquote, urlsplit
 
@@ -34,20 +34,30 @@ class CacheKind(enum.StrEnum):
 
 
 class CacheStats:
-    """Plain hit/miss/error counters per kind. A metrics exporter passes a subclass (overriding
-    `record`) or reads the counters; nothing else in the service looks at them."""
+    """Plain hit/miss/error counters per kind; a metrics exporter reads them or passes hooks that see
+    every lookup (kind name, hits, misses) and every error (kind name). Nothing else looks at them."""
 
-    def __init__(self) -> None:
+    def __init__(
+        self,
+        on_lookup: Callable[[str, int, int], None] | None = None,
+        on_error: Callable[[str], None] | None = None,
+    ) -> None:
         self.hits: Counter[CacheKind] = Counter()
         self.misses: Counter[CacheKind] = Counter()
         self.errors: Counter[CacheKind] = Counter()
+        self._on_lookup = on_lookup
+        self._on_error = on_error
 
     def record(self, kind: CacheKind, hits: int, misses: int) -> None:
         self.hits[kind] += hits
         self.misses[kind] += misses
+        if self._on_lookup is not None:
+            self._on_lookup(kind.value, hits, misses)
 
     def record_error(self, kind: CacheKind) -> None:
         self.errors[kind] += 1
+        if self._on_error is not None:
+            self._on_error(kind.value)
 
 
 class BoundedMemoryCache(SimpleMemoryCache):

@@ -21,7 +21,7 @@ from rag_grpc.domain import (
     DeltaEvent,
     FinishReason,
     Hit,
-    RetrievalInput,
+    RetrievalOptions,
     SamplingOptions,
     SearchResult,
     SourcesEvent,
@@ -106,7 +106,7 @@ def generation_key(
     model: str,
     messages: Sequence[ChatMessage],
     sampling: SamplingOptions,
-    retrieval: RetrievalInput | None,
+    retrieval: RetrievalOptions | None,
     index: IndexState | None,
 ) -> str:
     """`index` is the state retrieval ran against; None for answers that are not grounded."""
@@ -120,6 +120,7 @@ def generation_key(
             sampling.top_k,
             list(sampling.stop),
             sampling.seed,
+            sampling.min_tokens,
         ],
         None
         if retrieval is None

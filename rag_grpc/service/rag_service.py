@@ -4,33 +4,43 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import AsyncIterator, Iterator, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Iterator, Sequence
 from contextlib import aclosing
+from dataclasses import dataclass, field
 
 import numpy as np
 
+from rag_grpc import __version__
 from rag_grpc.domain import (
     ChatMessage,
     DeltaEvent,
     Document,
+    EmbedderDescription,
     EmbeddingBatch,
     EmbedResult,
     FinalEvent,
     FinishReason,
     GenerateEvent,
     GenerateInput,
+    GenerationChunk,
     GenerationRequest,
-    RetrievalInput,
+    IndexDescription,
+    IngestResult,
+    RequestContext,
+    RequestLimits,
+    RetrievalOptions,
     RetrieveInput,
     SamplingOptions,
     SearchQuery,
     SearchResult,
+    ServiceInfo,
     SnapshotInfo,
     SourcesEvent,
     WriteResult,
 )
-from rag_grpc.engines import Engines, Generator
+from rag_grpc.engines import Embedder, Engines, Generator, VectorStore
 from rag_grpc.errors import FailedPrecondition, NotFound
+from rag_grpc.limits.admission import Admission
 from rag_grpc.metrics import ServiceMetrics
 from rag_grpc.service import cache_entries as entries
 from rag_grpc.service.cache import CacheKind, ResultCache
@@ -44,27 +54,43 @@ def _ms_since(start: float) -> float:
     return (time.perf_counter() - start) * 1000.0
 
 
-def _replay(answer: CachedAnswer, started: float) -> Iterator[GenerateEvent]:
+@dataclass(slots=True)
+class _Answer:
+    """What one Generate call has produced so far; builds its FinalEvent (the only place one is built)."""
+
+    request_id: str
+    model: str
+    started: float = field(default_factory=time.perf_counter)
+    retrieval_ms: float = 0.0
+    time_to_first_token_ms: float = 0.0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+
+    def final(self, finish_reason: FinishReason, cached: bool = False) -> FinalEvent:
+        return FinalEvent(
+            finish_reason=finish_reason,
+            prompt_tokens=self.prompt_tokens,
+            completion_tokens=self.completion_tokens,
+            retrieval_ms=self.retrieval_ms,
+            time_to_first_token_ms=self.time_to_first_token_ms,
+            total_ms=_ms_since(self.started),
+            request_id=self.request_id,
+            model=self.model,
+            cached=cached,
+        )
+
+
+def _replay(cached: CachedAnswer, answer: _Answer) -> Iterator[GenerateEvent]:
     """A cached answer as a stream of the original's shape; the final event has the replay's own timings."""
-    retrieval_ms = ttft_ms = 0.0
-    if answer.sources is not None:
-        retrieval_ms = _ms_since(started)
-        yield answer.sources
-    for delta in answer.deltas:
-        if not ttft_ms:
-            ttft_ms = _ms_since(started)
+    if cached.sources is not None:
+        answer.retrieval_ms = _ms_since(answer.started)
+        yield cached.sources
+    for delta in cached.deltas:
+        if not answer.time_to_first_token_ms:
+            answer.time_to_first_token_ms = _ms_since(answer.started)
         yield delta
-    yield FinalEvent(
-        finish_reason=answer.finish_reason,
-        prompt_tokens=answer.prompt_tokens,
-        completion_tokens=answer.completion_tokens,
-        retrieval_ms=retrieval_ms,
-        time_to_first_token_ms=ttft_ms,
-        total_ms=_ms_since(started),
-        request_id=uuid.uuid4().hex,
-        model=answer.model,
-        cached=True,
-    )
+    answer.prompt_tokens, answer.completion_tokens = cached.prompt_tokens, cached.completion_tokens
+    yield answer.final(cached.finish_reason, cached=True)
 
 
 class RagService:
@@ -74,10 +100,14 @@ class RagService:
         settings: Settings,
         cache: ResultCache | None = None,
         metrics: ServiceMetrics | None = None,
+        admission: Admission | None = None,
     ) -> None:
+        """`admission` bounds the generations the engines work on at once (built from the settings
+        when not given; the server passes one whose refusals it counts)."""
         self.engines = engines
         self.settings = settings
         self.cache = cache or ResultCache.disabled()
+        self.admission = admission or Admission.for_generations(settings)
         # Without a registry of its own the metrics are recorded where nobody scrapes them.
         self.metrics = metrics if metrics is not None else ServiceMetrics()
         self.metrics.watch_index(lambda: engines.vector_store.size)
@@ -87,6 +117,41 @@ class RagService:
 
     def _index_state(self, version: int) -> IndexState:
         return IndexState(self._index_identity, version)
+
+    def info(self) -> ServiceInfo:
+        embedder, store, s = self.engines.embedder, self.engines.vector_store, self.settings
+        return ServiceInfo(
+            version=__version__,
+            embedder=EmbedderDescription(embedder.info, embedder.dimension, embedder.max_input_tokens),
+            generators=[generator.info for generator in self.engines.generators.values()],
+            index=IndexDescription(store.info, store.size, store.version, store.dimension),
+            limits=RequestLimits(
+                max_batch_texts=s.max_batch_texts,
+                max_text_chars=s.max_text_chars,
+                max_top_k=s.max_top_k,
+                max_tokens=s.max_tokens,
+                max_stop_sequences=s.max_stop_sequences,
+                max_prompt_chars=s.max_prompt_chars,
+                max_metadata_entries=s.max_metadata_entries,
+            ),
+        )
+
+    async def engine_health(self) -> dict[str, str | None]:
+        """What is wrong with each engine (None when it is healthy), keyed "embedder", "vector_store" and
+        "generator:<model>"."""
+        engines: dict[str, Embedder | VectorStore | Generator] = {
+            "embedder": self.engines.embedder,
+            "vector_store": self.engines.vector_store,
+            **{f"generator:{model}": generator for model, generator in self.engines.generators.items()},
+        }
+        problems: dict[str, str | None] = {}
+        for name, engine in engines.items():
+            try:
+                await engine.check_health()
+                problems[name] = None
+            except Exception as exc:  # noqa: BLE001 - any failure to answer is a health problem to report
+                problems[name] = str(exc) or type(exc).__name__
+        return problems
 
     # --- embeddings and retrieval
 
@@ -127,37 +192,39 @@ class RagService:
         return EmbeddingBatch(vectors=vectors, token_counts=counts), [value is not None for value in found]
 
     async def retrieve(self, request: RetrieveInput) -> SearchResult:
+        query, options = self._validate.retrieve(request, self.engines.vector_store.dimension)
+        return await self._search(query, options)
+
+    async def _search(self, query: str | np.ndarray, options: RetrievalOptions) -> SearchResult:
+        """Searches for a text (embedded here) or a unit vector, through the retrieval cache."""
         started = time.perf_counter()
-        result = await self._retrieve(request)
+        result = await self._search_through_cache(query, options)
         self.metrics.retrieve_seconds.observe(time.perf_counter() - started)
         self.metrics.retrieve_results.observe(len(result.hits))
         return result
 
-    async def _retrieve(self, request: RetrieveInput) -> SearchResult:
+    async def _search_through_cache(self, query: str | np.ndarray, options: RetrievalOptions) -> SearchResult:
         store = self.engines.vector_store
-        text, query, top_k = self._validate.retrieve(request, store.dimension)
-        filter_, min_score = dict(request.filter), request.min_score
+        filter_, min_score = dict(options.filter), options.min_score
         use_cache = self.cache.enabled(CacheKind.RETRIEVAL)
         if use_cache:
             subject = (
-                entries.vector_query(query.vector)
-                if query is not None
-                else entries.text_query(self.engines.embedder.info.model, text or "")
+                entries.text_query(self.engines.embedder.info.model, query)
+                if isinstance(query, str)
+                else entries.vector_query(query)
             )
 
             def cache_key(index_version: int) -> str:
                 return entries.retrieval_key(
-                    self._index_state(index_version), subject, top_k, filter_, min_score
+                    self._index_state(index_version), subject, options.top_k, filter_, min_score
                 )
 
             cached = await self.cache.get(CacheKind.RETRIEVAL, cache_key(store.version))
             if cached is not None:
                 return entries.decode_search_result(cached)
-        if query is None:
-            assert text is not None
-            vector = (await self._embed_queries([text]))[0].vectors[0]
-            query = SearchQuery(vector=vector, top_k=top_k, filter=filter_, min_score=min_score)
-        (result,) = await store.search([query])
+        vector = (await self._embed_queries([query]))[0].vectors[0] if isinstance(query, str) else query
+        search = SearchQuery(vector=vector, top_k=options.top_k, filter=filter_, min_score=min_score)
+        (result,) = await store.search([search])
         if use_cache:
             # Stored under the version that answered, so a write since the lookup is never hidden.
             encoded = entries.encode_search_result(result)
@@ -179,11 +246,9 @@ class RagService:
         version = await self.engines.vector_store.delete(ids)
         return WriteResult(count=len(ids), index_version=version)
 
-    async def ingest(self, batches: AsyncIterator[Sequence[Document]]) -> tuple[int, int, int]:
-        """Stores each batch as it arrives; returns (documents, batches, index version).
-
-        Batches acknowledged before a bad one stay stored: each is its own atomic write.
-        """
+    async def ingest(self, batches: AsyncIterator[Sequence[Document]]) -> IngestResult:
+        """Stores each batch as it arrives. Batches stored before a bad one stay stored: each is its own
+        atomic write."""
         documents = count = 0
         version = self.engines.vector_store.version
         async for batch in batches:
@@ -191,7 +256,7 @@ class RagService:
             documents += result.count
             count += 1
             version = result.index_version
-        return documents, count, version
+        return IngestResult(documents=documents, batches=count, index_version=version)
 
     async def snapshot(self) -> SnapshotInfo:
         # Looked up by name, not isinstance(Snapshotter): wrappers such as the search batcher pass it through
@@ -211,33 +276,43 @@ class RagService:
         if not generators:
             raise FailedPrecondition("model: this server runs without a generator (generator_backend=none)")
         if not model:
-            return generators[self.engines.default_generator]
+            return self.engines.default_generator
         if model not in generators:
             raise NotFound(f"model: unknown generator {model[:80]!r}; available: {sorted(generators)}")
         return generators[model]
 
-    async def generate(self, request: GenerateInput) -> AsyncIterator[GenerateEvent]:
-        started = time.perf_counter()
+    async def generate(
+        self, request: GenerateInput, context: RequestContext | None = None
+    ) -> AsyncIterator[GenerateEvent]:
+        """Sources first (when grounded), then text deltas, then one final event.
+
+        Every generated token is counted in exactly one delta: tokens that produced no text (the
+        end-of-sequence token, a stop sequence) travel in a delta of their own with empty text, so the
+        deltas' token counts add up to the final usage.completion_tokens.
+        """
+        context = context or RequestContext(uuid.uuid4().hex)
         messages = self._validate.messages(request)
         sampling = self._validate.sampling(request)
         retrieval = self._validate.retrieval(request.retrieval) if request.retrieval is not None else None
         generator = self.generator_for(request.model)
+        answer = _Answer(context.request_id, generator.info.model)
         if self.cache.enabled(CacheKind.GENERATION) and entries.is_deterministic(sampling):
-            events = self._generate_through_cache(started, messages, sampling, retrieval, generator)
+            events = self._generate_through_cache(answer, context, messages, sampling, retrieval, generator)
         else:
-            events = self._generate(started, messages, sampling, retrieval, generator)
+            events = self._generate(answer, context, messages, sampling, retrieval, generator)
         async with aclosing(events):
             async for event in events:
                 yield event
 
     async def _generate_through_cache(
         self,
-        started: float,
+        answer: _Answer,
+        context: RequestContext,
         messages: list[ChatMessage],
         sampling: SamplingOptions,
-        retrieval: RetrievalInput | None,
+        retrieval: RetrievalOptions | None,
         generator: Generator,
-    ) -> AsyncIterator[GenerateEvent]:
+    ) -> AsyncGenerator[GenerateEvent, None]:
         """Replays a cached answer, or generates one and caches it once it finished (not if cancelled)."""
 
         def cache_key(index_version: int | None) -> str:
@@ -248,12 +323,14 @@ class RagService:
             CacheKind.GENERATION, cache_key(self.engines.vector_store.version if retrieval else None)
         )
         if cached is not None:
-            for event in _replay(entries.decode_answer(cached), started):
+            for event in _replay(entries.decode_answer(cached), answer):
                 yield event
             return
         sources: SourcesEvent | None = None
         deltas: list[DeltaEvent] = []
-        async with aclosing(self._generate(started, messages, sampling, retrieval, generator)) as events:
+        async with aclosing(
+            self._generate(answer, context, messages, sampling, retrieval, generator)
+        ) as events:
             async for event in events:
                 if isinstance(event, SourcesEvent):
                     sources = event
@@ -261,7 +338,7 @@ class RagService:
                     deltas.append(event)
                 elif event.finish_reason is not FinishReason.CANCELLED:
                     # Stored before the final event goes out: a caller may stop reading right after it.
-                    answer = CachedAnswer(
+                    stored = CachedAnswer(
                         sources,
                         deltas,
                         event.finish_reason,
@@ -270,84 +347,74 @@ class RagService:
                         event.model,
                     )
                     key = cache_key(sources.index_version if sources else None)
-                    await self.cache.set(CacheKind.GENERATION, key, entries.encode_answer(answer))
+                    await self.cache.set(CacheKind.GENERATION, key, entries.encode_answer(stored))
                 yield event
 
     async def _generate(
         self,
-        started: float,
+        answer: _Answer,
+        context: RequestContext,
         messages: list[ChatMessage],
         sampling: SamplingOptions,
-        retrieval: RetrievalInput | None,
+        retrieval: RetrievalOptions | None,
         generator: Generator,
-    ) -> AsyncIterator[GenerateEvent]:
-        retrieval_ms = 0.0
+    ) -> AsyncGenerator[GenerateEvent, None]:
         if retrieval is not None:
-            result = await self.retrieve(
-                RetrieveInput(
-                    text=retrieval_query(messages),
-                    vector=None,
-                    top_k=retrieval.top_k,
-                    filter=retrieval.filter,
-                    min_score=retrieval.min_score,
-                )
-            )
-            retrieval_ms = _ms_since(started)
+            result = await self._search(retrieval_query(messages), retrieval)
+            answer.retrieval_ms = _ms_since(answer.started)
             yield SourcesEvent(hits=result.hits, index_version=result.index_version)
             messages = grounded_messages(
                 messages, result.hits, generator.control_tokens, self.settings.max_grounding_chars
             )
+        engine_request = GenerationRequest(
+            request_id=context.request_id, messages=messages, sampling=sampling
+        )
+        # The slot is held exactly while the engine works on the request: it is given back when the
+        # engine stream ends, however that happens (finished, failed, caller gone, stall timeout).
+        async with self.admission.slot(context.caller):
+            async with aclosing(self._deltas(answer, generator.generate(engine_request))) as events:
+                async for event in events:
+                    yield event
 
-        request_id = uuid.uuid4().hex
-        engine_request = GenerationRequest(request_id=request_id, messages=messages, sampling=sampling)
-        model = generator.info.model
-        ttft_ms = 0.0
-        completion_tokens = 0
+    async def _deltas(
+        self, answer: _Answer, chunks: AsyncIterator[GenerationChunk]
+    ) -> AsyncGenerator[GenerateEvent, None]:
+        """The engine's chunks as text deltas and a final event, with the generation metrics."""
+        model = answer.model
+        unsent_tokens = 0
         last_delta_at = 0.0
         finish = "abort"  # what is recorded if the caller goes away (GeneratorExit/CancelledError) first
         try:
-            async with aclosing(generator.generate(engine_request)) as chunks:
+            async with aclosing(chunks):  # type: ignore[type-var]
                 async for chunk in chunks:
-                    completion_tokens += chunk.token_count
+                    answer.completion_tokens += chunk.token_count
+                    unsent_tokens += chunk.token_count
                     if chunk.text:
                         now = time.perf_counter()
-                        if not ttft_ms:
-                            ttft_ms = (now - started) * 1000.0
-                            self.metrics.time_to_first_token.labels(model).observe(now - started)
+                        if not answer.time_to_first_token_ms:
+                            answer.time_to_first_token_ms = (now - answer.started) * 1000.0
+                            self.metrics.time_to_first_token.labels(model).observe(now - answer.started)
                         else:
                             self.metrics.inter_token_latency.labels(model).observe(now - last_delta_at)
                         last_delta_at = now
-                        yield DeltaEvent(text=chunk.text, token_count=chunk.token_count)
+                    if chunk.text or (chunk.finish_reason is not None and unsent_tokens):
+                        yield DeltaEvent(text=chunk.text, token_count=unsent_tokens)
+                        unsent_tokens = 0
                     if chunk.finish_reason is not None:
                         finish = chunk.finish_reason.value
+                        answer.prompt_tokens = chunk.prompt_tokens
                         self.metrics.prompt_tokens.labels(model).inc(chunk.prompt_tokens)
-                        yield FinalEvent(
-                            finish_reason=chunk.finish_reason,
-                            prompt_tokens=chunk.prompt_tokens,
-                            completion_tokens=completion_tokens,
-                            retrieval_ms=retrieval_ms,
-                            time_to_first_token_ms=ttft_ms,
-                            total_ms=_ms_since(started),
-                            request_id=request_id,
-                            model=model,
-                        )
+                        yield answer.final(chunk.finish_reason)
                         return
             # An engine that ends without a finish reason was shut down under us.
             finish = FinishReason.CANCELLED.value
-            yield FinalEvent(
-                FinishReason.CANCELLED,
-                0,
-                completion_tokens,
-                retrieval_ms,
-                ttft_ms,
-                _ms_since(started),
-                request_id,
-                model,
-            )
+            if unsent_tokens:
+                yield DeltaEvent(text="", token_count=unsent_tokens)
+            yield answer.final(FinishReason.CANCELLED)
         except Exception:
             finish = "error"
             raise
         finally:
             self.metrics.finished.labels(model, finish).inc()
-            self.metrics.generation_tokens.labels(model).inc(completion_tokens)
-            self.metrics.request_generation_tokens.labels(model).observe(completion_tokens)
+            self.metrics.generation_tokens.labels(model).inc(answer.completion_tokens)
+            self.metrics.request_generation_tokens.labels(model).observe(answer.completion_tokens)

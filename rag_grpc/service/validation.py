@@ -14,9 +14,9 @@ from rag_grpc.domain import (
     Document,
     GenerateInput,
     RetrievalInput,
+    RetrievalOptions,
     RetrieveInput,
     SamplingOptions,
-    SearchQuery,
 )
 from rag_grpc.errors import InvalidArgument
 from rag_grpc.settings import Settings
@@ -87,17 +87,18 @@ class Validator:
             raise InvalidArgument(field, "must not be the zero vector")
         return (vector / norm).astype(np.float32)
 
-    def retrieve(self, request: RetrieveInput, dimension: int) -> tuple[str | None, SearchQuery | None, int]:
-        """Returns (text to embed, or a ready query when a vector was given, top_k)."""
-        top_k = self.top_k("top_k", request.top_k)
-        filter_ = self.metadata("filter", request.filter)
-        min_score = self.min_score("min_score", request.min_score)
+    def retrieve(self, request: RetrieveInput, dimension: int) -> tuple[str | np.ndarray, RetrievalOptions]:
+        """Returns (the text to embed, or the unit query vector when one was given; the options)."""
+        options = RetrievalOptions(
+            top_k=self.top_k("top_k", request.top_k),
+            filter=self.metadata("filter", request.filter),
+            min_score=self.min_score("min_score", request.min_score),
+        )
         if request.vector is not None:
-            vector = self.vector("vector.values", request.vector, dimension)
-            return None, SearchQuery(vector=vector, top_k=top_k, filter=filter_, min_score=min_score), top_k
+            return self.vector("vector.values", request.vector, dimension), options
         if request.text is None:
             raise InvalidArgument("query", "set either text or vector")
-        return self.text("text", request.text), None, top_k
+        return self.text("text", request.text), options
 
     def documents(self, field: str, documents: Sequence[Document]) -> list[Document]:
         if not documents:
@@ -158,7 +159,12 @@ class Validator:
         for i, stop in enumerate(s.stop):
             if not stop or len(stop) > 256:
                 raise InvalidArgument(f"sampling.stop[{i}]", "must be 1..256 characters")
-        return SamplingOptions(max_tokens, temperature, top_p, top_k, tuple(s.stop), s.seed)
+        min_tokens = 0 if s.min_tokens is None else s.min_tokens
+        if not 0 <= min_tokens <= max_tokens:
+            raise InvalidArgument(
+                "sampling.min_tokens", f"must be between 0 and max_tokens ({max_tokens}), got {min_tokens}"
+            )
+        return SamplingOptions(max_tokens, temperature, top_p, top_k, tuple(s.stop), s.seed, min_tokens)
 
     def messages(self, request: GenerateInput) -> list[ChatMessage]:
         if request.prompt and request.messages:
@@ -189,8 +195,8 @@ class Validator:
             )
         return list(request.messages)
 
-    def retrieval(self, retrieval: RetrievalInput) -> RetrievalInput:
-        return RetrievalInput(
+    def retrieval(self, retrieval: RetrievalInput) -> RetrievalOptions:
+        return RetrievalOptions(
             top_k=self.top_k("retrieval.top_k", retrieval.top_k),
             filter=self.metadata("retrieval.filter", retrieval.filter),
             min_score=self.min_score("retrieval.min_score", retrieval.min_score),

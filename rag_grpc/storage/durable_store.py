@@ -119,6 +119,11 @@ class DurableVectorStore:
             self._lock_file.release()
             await self._inner.__aexit__(*exc_info)
 
+    async def check_health(self) -> None:
+        if self._failed:
+            raise Unavailable(f"the write-ahead log in {self._dir} failed; writes are refused")
+        await self._inner.check_health()
+
     async def _recover(self) -> None:
         """Newest snapshot, then every logged write after it, then the log is reopened for appending."""
         started = time.perf_counter()

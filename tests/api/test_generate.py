@@ -112,7 +112,7 @@ async def test_chat_messages_are_accepted(stubs: Stubs) -> None:
 
 
 async def test_cancelling_mid_stream_aborts_the_engine_request(stubs: Stubs, engines: Engines) -> None:
-    generator = engines.generators[engines.default_generator]
+    generator = engines.default_generator
     call = stubs.generate.Generate(
         pb.GenerateRequest(prompt=STORY, sampling=pb.SamplingParams(max_tokens=400))
     )
@@ -133,7 +133,7 @@ async def test_cancelling_mid_stream_aborts_the_engine_request(stubs: Stubs, eng
 
 
 async def test_deadline_mid_stream_aborts_the_engine_request(stubs: Stubs, engines: Engines) -> None:
-    generator = engines.generators[engines.default_generator]
+    generator = engines.default_generator
     call = stubs.generate.Generate(
         pb.GenerateRequest(prompt=STORY, sampling=pb.SamplingParams(max_tokens=400)), timeout=2.0
     )

@@ -57,7 +57,7 @@ async def stall_server(engines: Engines, settings: Settings) -> AsyncIterator[st
 
 
 async def _wait_idle(engines: Engines, timeout: float = 5.0) -> int:
-    generator = engines.generators[engines.default_generator]
+    generator = engines.default_generator
     deadline = time.monotonic() + timeout
     while generator.num_running_requests() and time.monotonic() < deadline:
         await asyncio.sleep(0.02)
@@ -98,7 +98,7 @@ async def test_a_client_that_stops_reading_is_cut_off_and_its_generation_aborted
     try:
         assert client.stdout is not None
         assert (await client.stdout.readline()).strip() == b"started"
-        generator = engines.generators[engines.default_generator]
+        generator = engines.default_generator
         deadline = time.monotonic() + 5
         while not generator.num_running_requests() and time.monotonic() < deadline:
             await asyncio.sleep(0.01)

@@ -11,9 +11,6 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from rag_grpc.engines.model_files import converted_model_dir, resolve_generator_source
-from rag_grpc.settings import Settings
-
 
 @dataclass
 class ReferenceLM:
@@ -51,12 +48,6 @@ class ReferenceLM:
     def text(self, tokens: list[int]) -> str:
         text: str = self.tokenizer.decode(tokens, skip_special_tokens=True)
         return text
-
-
-@pytest.fixture(scope="session")
-def generator_model_dir(settings: Settings) -> Path:
-    source = resolve_generator_source(settings.generator_model)
-    return converted_model_dir(source, settings.model_cache_dir) if source.suffix == ".gguf" else source
 
 
 @pytest.fixture(scope="session")

@@ -55,7 +55,7 @@ def _expected(lm: ReferenceLM, prompt: str, max_tokens: int) -> Outcome:
 
 @pytest.fixture(scope="module")
 def generator(engines: Engines) -> TransformersGenerator:
-    generator = engines.generators[engines.default_generator]
+    generator = engines.default_generator
     assert isinstance(generator, TransformersGenerator)
     return generator
 

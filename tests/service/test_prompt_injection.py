@@ -66,7 +66,7 @@ def tokenizer(settings: Settings) -> Any:
 @pytest.fixture(scope="module")
 def control_tokens(engines: Engines) -> list[str]:
     """What the running generator reports, i.e. what the service strips."""
-    return list(engines.generators[engines.default_generator].control_tokens)
+    return list(engines.default_generator.control_tokens)
 
 
 def _render(tokenizer: Any, messages: list[ChatMessage]) -> list[int]:

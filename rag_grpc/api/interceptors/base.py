@@ -21,11 +21,11 @@ import grpc
 Behavior = Callable[[Any, grpc.aio.ServicerContext], Any]
 
 # What context.write (or sending a status) raises once the client has left: the call is over, no status
-# can be sent, and nothing failed on our side. grpc exposes no public name for it.
-try:
-    from grpc._cython.cygrpc import ExecuteBatchError as _CallGone
-except ImportError:  # pragma: no cover - a grpc without it
-    _CallGone = ()  # type: ignore[assignment,misc]
+# can be sent, and nothing failed on our side. grpc exposes no public name for it, and the context's
+# public cancelled()/done() still say False at that moment, so the private class is imported without a
+# fallback: if grpc moves it, the import fails at start-up (and tests/api/interceptors/test_call_gone.py
+# says why) instead of client departures silently turning into INTERNAL.
+from grpc._cython.cygrpc import ExecuteBatchError as _CallGone
 
 
 def call_gone(exc: BaseException) -> bool:
@@ -33,7 +33,13 @@ def call_gone(exc: BaseException) -> bool:
     return isinstance(exc, _CallGone)
 
 
-_HANDLER_FIELDS = ("unary_unary", "unary_stream", "stream_unary", "stream_stream")
+# The handler kinds and the public factory that builds each.
+_HANDLER_FACTORIES = {
+    "unary_unary": grpc.unary_unary_rpc_method_handler,
+    "unary_stream": grpc.unary_stream_rpc_method_handler,
+    "stream_unary": grpc.stream_unary_rpc_method_handler,
+    "stream_stream": grpc.stream_stream_rpc_method_handler,
+}
 
 
 class RpcMethod(str):
@@ -74,19 +80,30 @@ class AroundCallInterceptor(grpc.aio.ServerInterceptor):
         method = rpc_method(
             handler_call_details.method, handler.request_streaming, handler.response_streaming
         )
-        for field in _HANDLER_FIELDS:
-            behavior = getattr(handler, field)
+        for kind, factory in _HANDLER_FACTORIES.items():
+            behavior = getattr(handler, kind)
             if behavior is not None:
                 wrapped = (
                     self._wrap_stream(behavior, method)
                     if inspect.isasyncgenfunction(behavior)
                     else self._wrap_call(behavior, method)
                 )
-                return handler._replace(**{field: wrapped})
+                rebuilt: grpc.RpcMethodHandler = factory(
+                    wrapped,
+                    request_deserializer=self.request_deserializer(handler.request_deserializer),
+                    response_serializer=handler.response_serializer,
+                )
+                return rebuilt
         return handler
 
     def applies_to(self, method: str) -> bool:
         return True
+
+    def request_deserializer(
+        self, deserializer: Callable[[bytes], Any] | None
+    ) -> Callable[[bytes], Any] | None:
+        """The deserializer of the rebuilt handler; an interceptor overrides it to parse requests its own way."""
+        return deserializer
 
     def _wrap_call(self, behavior: Behavior, method: RpcMethod) -> Behavior:
         async def call(request: Any, context: grpc.aio.ServicerContext) -> Any:

@@ -9,7 +9,7 @@ mapping turns it into a status like every other bad input. It must sit inside Er
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -61,15 +61,10 @@ def _checked(request: Any) -> Any:
 
 
 class RequestDecodingInterceptor(AroundCallInterceptor):
-    async def intercept_service(
-        self,
-        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler | None]],
-        handler_call_details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler | None:
-        handler = await super().intercept_service(continuation, handler_call_details)
-        if handler is None:
-            return None
-        return handler._replace(request_deserializer=_tolerant(handler.request_deserializer))
+    def request_deserializer(
+        self, deserializer: Callable[[bytes], Any] | None
+    ) -> Callable[[bytes], Any] | None:
+        return _tolerant(deserializer)
 
     async def around_call(
         self, behavior: Behavior, request: Any, context: grpc.aio.ServicerContext, method: str

@@ -1,12 +1,15 @@
 """Request ids and one JSON log line per RPC.
 
 Outermost in the chain: it starts the call record (call_context) that the inner interceptors fill in,
-so its line names the caller and the final status whoever refused the call. The request id is the
-client's `x-request-id` when it is a sane one, else a new one; it is echoed in the trailing metadata of
-every call, and also in the initial metadata of streaming responses (so a client has it before the
-stream ends; for unary calls that would cost a send of its own), and bound to every log line written
-during the call. Keys never reach the log; request bodies
-only with `log_payloads`.
+so its line names the caller and the final status whoever refused the call.
+
+The request id is the client's `x-request-id` when it is a sane one (1..128 printable ASCII characters
+without spaces), else a new one. It is the one id of the call everywhere: echoed in the trailing
+metadata of every call and in the initial metadata of streaming responses (so a client has it before
+the stream ends), bound to every log line written during the call, Generate's `Final.request_id`, and
+the id the generator engine (vLLM) gets. Ids are unique among the calls in flight: when a caller sends
+an id that a call still running already has, the new call's id gets a suffix `.2`, `.3`, ... (so a grep
+for the caller's id still finds it). Keys never reach the log; request bodies only with `log_payloads`.
 """
 
 from __future__ import annotations
@@ -61,9 +64,18 @@ def _usage(message: Any) -> dict[str, int]:
 class RequestLogInterceptor(AroundCallInterceptor):
     def __init__(self, log_payloads: bool = False) -> None:
         self._log_payloads = log_payloads
+        self._in_flight: set[str] = set()
+
+    def _unique(self, request_id: str) -> str:
+        candidate, n = request_id, 1
+        while candidate in self._in_flight:
+            n += 1
+            candidate = f"{request_id}.{n}"
+        self._in_flight.add(candidate)
+        return candidate
 
     async def _begin(self, context: grpc.aio.ServicerContext, method: RpcMethod) -> str:
-        request_id = _request_id(context.invocation_metadata())
+        request_id = self._unique(_request_id(context.invocation_metadata()))
         begin_call(request_id)
         structlog.contextvars.bind_contextvars(request_id=request_id)
         echo = ((REQUEST_ID_KEY, request_id),)
@@ -109,7 +121,20 @@ class RequestLogInterceptor(AroundCallInterceptor):
         self, behavior: Behavior, request: Any, context: grpc.aio.ServicerContext, method: RpcMethod
     ) -> Any:
         started = time.perf_counter()
-        await self._begin(context, method)
+        request_id = await self._begin(context, method)
+        try:
+            return await self._logged_call(behavior, request, context, method, started)
+        finally:
+            self._in_flight.discard(request_id)
+
+    async def _logged_call(
+        self,
+        behavior: Behavior,
+        request: Any,
+        context: grpc.aio.ServicerContext,
+        method: RpcMethod,
+        started: float,
+    ) -> Any:
         if not method.response_streaming:
             try:
                 response = await behavior(request, context)
@@ -137,7 +162,7 @@ class RequestLogInterceptor(AroundCallInterceptor):
         self, behavior: Behavior, request: Any, context: grpc.aio.ServicerContext, method: RpcMethod
     ) -> AsyncIterator[Any]:
         started = time.perf_counter()
-        await self._begin(context, method)
+        request_id = await self._begin(context, method)
         last, sent = None, 0
         try:
             async with aclosing(behavior(request, context)) as messages:
@@ -148,4 +173,6 @@ class RequestLogInterceptor(AroundCallInterceptor):
         except BaseException as exc:
             self._log(method, request, context, started, exc, last, sent)
             raise
+        finally:
+            self._in_flight.discard(request_id)
         self._log(method, request, context, started, None, last, sent)

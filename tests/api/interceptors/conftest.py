@@ -15,14 +15,12 @@ import grpc
 from prometheus_client import CollectorRegistry
 
 from rag_grpc.api.server import RagServer
-from rag_grpc.app import build_interceptors
+from rag_grpc.app import MeteredStats, build_server
 from rag_grpc.engines import Engines
 from rag_grpc.engines.factory import with_embed_batching, with_search_batching
 from rag_grpc.limits.admission import Admission
 from rag_grpc.limits.rate_limiter import build_rate_limiter
-from rag_grpc.metrics import GrpcMetrics, ServiceMetrics
-from rag_grpc.metrics_adapters import BatchSizeMetrics, CacheMetrics
-from rag_grpc.service import RagService
+from rag_grpc.metrics import ServiceMetrics
 from rag_grpc.service.cache import open_result_cache
 from rag_grpc.settings import Settings
 from tests.conftest import Stubs
@@ -62,12 +60,8 @@ async def _metered_engines(
 ) -> Engines:
     """The session's models behind micro-batchers of our own (left when `stack` closes), whose batch
     sizes go to `metrics`, as open_engines sets them up in `rag-grpc serve`."""
-    embedder = with_embed_batching(
-        settings, engines.embedder.inner, BatchSizeMetrics(metrics.embed_batch_size)
-    )  # type: ignore[attr-defined]
-    store = with_search_batching(
-        settings, engines.vector_store.inner, BatchSizeMetrics(metrics.search_batch_size)
-    )  # type: ignore[attr-defined]
+    embedder = with_embed_batching(settings, engines.embedder.inner, MeteredStats.into(metrics).embed)  # type: ignore[attr-defined]
+    store = with_search_batching(settings, engines.vector_store.inner, MeteredStats.into(metrics).search)  # type: ignore[attr-defined]
     return Engines(
         embedder=await stack.enter_async_context(embedder),
         vector_store=await stack.enter_async_context(store),
@@ -89,21 +83,25 @@ async def serving(
     with their metrics."""
     settings = with_overrides(base, **overrides)
     registry = CollectorRegistry()
-    admission = Admission.for_generations(settings)
     limiter = build_rate_limiter(settings)
-    interceptors = build_interceptors(settings, GrpcMetrics(registry), limiter, admission)
     service_metrics = ServiceMetrics(registry)
     async with AsyncExitStack() as stack:
         cache = None
         if full_service:
             engines = await _metered_engines(engines, settings, service_metrics, stack)
             cache = await stack.enter_async_context(
-                open_result_cache(settings, CacheMetrics(service_metrics))
+                open_result_cache(settings, MeteredStats.into(service_metrics).cache)
             )
-        service = RagService(engines, settings, cache, service_metrics)
-        server = RagServer(settings, service, interceptors, metrics_registry=registry)
+        server = build_server(
+            settings,
+            engines,
+            registry=registry,
+            service_metrics=service_metrics,
+            cache=cache,
+            limiter=limiter,
+        )
         await server.start()
-        running = RunningServer(server, settings, registry, admission)
+        running = RunningServer(server, settings, registry, server.service.admission)
         try:
             async with _channel(running, secure_channel):
                 yield running

@@ -12,11 +12,13 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+from prometheus_client import CollectorRegistry
 
 from rag_grpc.api.call_context import current_caller
-from rag_grpc.api.interceptors.errors import ErrorMappingInterceptor
-from rag_grpc.app import build_interceptors
+from rag_grpc.api.interceptors.chain import interceptor_chain
+from rag_grpc.api.interceptors.drain import DrainInterceptor
 from rag_grpc.engines import Engines
+from rag_grpc.metrics import GrpcMetrics
 from rag_grpc.settings import Settings
 from rag_grpc.v1 import rag_pb2 as pb
 from rag_grpc.v1 import rag_pb2_grpc as pb_grpc
@@ -195,7 +197,12 @@ async def test_handlers_see_the_caller_and_never_the_key(settings: Settings) -> 
         seen.append(caller.name)
         return f"{caller.name}:{caller.role.value}".encode()
 
-    chain = [*build_interceptors(with_overrides(settings, api_keys=API_KEYS)), ErrorMappingInterceptor()]
+    chain = interceptor_chain(
+        with_overrides(settings, api_keys=API_KEYS),
+        GrpcMetrics(CollectorRegistry()),
+        None,
+        DrainInterceptor(),
+    )
     server = grpc.aio.server(interceptors=chain)
     server.add_generic_rpc_handlers(
         [

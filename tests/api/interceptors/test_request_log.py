@@ -12,12 +12,14 @@ from typing import Any
 import grpc
 import pytest
 import structlog
+from prometheus_client import CollectorRegistry
 
-from rag_grpc.api.interceptors.errors import ErrorMappingInterceptor
+from rag_grpc.api.interceptors.chain import interceptor_chain
+from rag_grpc.api.interceptors.drain import DrainInterceptor
 from rag_grpc.api.status import INTERNAL_MESSAGE
-from rag_grpc.app import build_interceptors
 from rag_grpc.engines import Engines
 from rag_grpc.logging import configure_logging
+from rag_grpc.metrics import GrpcMetrics
 from rag_grpc.settings import Settings
 from rag_grpc.v1 import rag_pb2 as pb
 from tests.api.interceptors.conftest import ALICE_KEY, API_KEYS, serving, with_overrides
@@ -124,7 +126,9 @@ async def test_unexpected_errors_are_internal_for_the_caller_with_the_traceback_
         raise RuntimeError("database password is hunter2")
 
     server = grpc.aio.server(
-        interceptors=[*build_interceptors(with_overrides(settings)), ErrorMappingInterceptor()]
+        interceptors=interceptor_chain(
+            with_overrides(settings), GrpcMetrics(CollectorRegistry()), None, DrainInterceptor()
+        )
     )
     handlers = {
         "Unary": grpc.unary_unary_rpc_method_handler(broken),
@@ -152,3 +156,46 @@ async def test_unexpected_errors_are_internal_for_the_caller_with_the_traceback_
         "RuntimeError: database password is hunter2" in r["exception"] and r["request_id"] for r in failures
     )
     assert [r["code"] for r in records if r["event"] == "rpc"] == ["INTERNAL", "INTERNAL"]
+
+
+class RecordingGenerator:
+    """The real generator, noting the request id each engine request carries."""
+
+    def __init__(self, inner: Any) -> None:
+        self.inner = inner
+        self.request_ids: list[str] = []
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+    def generate(self, request: Any) -> Any:
+        self.request_ids.append(request.request_id)
+        return self.inner.generate(request)
+
+
+async def test_the_callers_request_id_is_the_id_of_the_log_the_trailer_the_final_and_the_engine(
+    engines: Engines, settings: Settings, log_stream: io.StringIO
+) -> None:
+    recording = RecordingGenerator(engines.default_generator)
+    spied = Engines(engines.embedder, engines.vector_store, {recording.info.model: recording})  # type: ignore[dict-item]
+    request = pb.GenerateRequest(prompt="Say hello.", sampling=pb.SamplingParams(max_tokens=4))
+    async with serving(spied, settings) as s:
+        call = s.stubs.generate.Generate(request, metadata=(("x-request-id", "abc-123"),))
+        messages = await collect(call)
+        assert messages[-1].final.request_id == "abc-123"
+        assert ("x-request-id", "abc-123") in tuple(await call.trailing_metadata())
+        assert recording.request_ids == ["abc-123"]
+        (line,) = [line for line in rpc_lines(log_stream) if line["method"].endswith("/Generate")]
+        assert line["request_id"] == "abc-123" and line["code"] == "OK"
+
+        # A caller reusing an id while its first call is in flight gets a suffixed one, everywhere.
+        long_call = s.stubs.generate.Generate(
+            pb.GenerateRequest(prompt="Write a long story.", sampling=pb.SamplingParams(max_tokens=400)),
+            metadata=(("x-request-id", "abc-123"),),
+        )
+        await long_call.read()
+        second = s.stubs.generate.Generate(request, metadata=(("x-request-id", "abc-123"),))
+        assert (await collect(second))[-1].final.request_id == "abc-123.2"
+        assert ("x-request-id", "abc-123.2") in tuple(await second.trailing_metadata())
+        long_call.cancel()
+        assert recording.request_ids == ["abc-123", "abc-123", "abc-123.2"]

@@ -1,0 +1,78 @@
+"""The interceptor chain: declared here once, outermost first, with the reason for each position.
+
+1. RequestLogInterceptor: outermost, so its line sees every call with the code the caller got, refusals
+   included, and the request id it assigns is known to everything inside.
+2. MetricsInterceptor: outside auth and the limits for the same reason: refused calls are counted
+   with their code.
+3. AuthInterceptor (when keys are configured): before the limits, which are kept per caller.
+4. RateLimitInterceptor (when rules are configured): a call over its quota is refused before any work.
+5. ErrorMappingInterceptor: domain errors raised by everything inside it become statuses here, through
+   the one map in api/status.py. The interceptors outside it refuse calls through that map themselves.
+6. DrainInterceptor: once the server drains, new API calls get UNAVAILABLE (raised, so mapped by 5).
+7. DeadlineCeilingInterceptor: a deadline for calls that set none; its DeadlineExceeded is mapped by 5.
+8. RequestDecodingInterceptor: innermost, next to the handler: a request that does not parse becomes
+   INVALID_ARGUMENT (mapped by 5) instead of grpc's UNKNOWN.
+
+Admission of generations is not an interceptor: the service holds a generation's slot exactly while
+the engine works on it (see RagService.generate), so a caller that stops reading cannot keep one.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+
+import grpc
+import structlog
+from grpc_health.v1 import health
+from grpc_reflection.v1alpha import reflection
+
+from rag_grpc.api.api_keys import KeyRing
+from rag_grpc.api.interceptors.auth import AuthInterceptor
+from rag_grpc.api.interceptors.deadline import DeadlineCeilingInterceptor
+from rag_grpc.api.interceptors.decoding import RequestDecodingInterceptor
+from rag_grpc.api.interceptors.drain import DrainInterceptor
+from rag_grpc.api.interceptors.errors import ErrorMappingInterceptor
+from rag_grpc.api.interceptors.metrics import MetricsInterceptor
+from rag_grpc.api.interceptors.rate_limit import RateLimitInterceptor
+from rag_grpc.api.interceptors.request_log import RequestLogInterceptor
+from rag_grpc.limits.rate_limiter import RateLimiter
+from rag_grpc.metrics import GrpcMetrics
+from rag_grpc.settings import Settings
+
+log = structlog.get_logger(__name__)
+
+
+def _is_loopback(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return host == "localhost"
+
+
+def interceptor_chain(
+    settings: Settings, metrics: GrpcMetrics, limiter: RateLimiter | None, drain: DrainInterceptor
+) -> list[grpc.aio.ServerInterceptor]:
+    """The chain for `settings`, outermost first (see the module docstring for the order)."""
+    chain: list[grpc.aio.ServerInterceptor] = [
+        RequestLogInterceptor(settings.log_payloads),
+        MetricsInterceptor(metrics),
+    ]
+    keys = KeyRing.from_settings(settings)
+    if len(keys):
+        if settings.tls_cert_file is None and not _is_loopback(settings.host):
+            log.warning(
+                "api_keys_over_plaintext", host=settings.host, hint="set tls_cert_file and tls_key_file"
+            )
+        open_services = (
+            (health.SERVICE_NAME, reflection.SERVICE_NAME) if settings.auth_open_health_and_reflection else ()
+        )
+        chain.append(AuthInterceptor(keys, metrics, open_services))
+    if limiter is not None:
+        chain.append(RateLimitInterceptor(limiter, metrics, settings.default_max_tokens))
+    chain += [
+        ErrorMappingInterceptor(),
+        drain,
+        DeadlineCeilingInterceptor(settings.call_deadline_ceiling_s),
+        RequestDecodingInterceptor(),
+    ]
+    return chain
