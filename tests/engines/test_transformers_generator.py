@@ -176,3 +176,47 @@ async def test_requests_beyond_the_batch_size_wait_then_complete_and_a_full_queu
         async for _ in in_flight:
             pass
     assert small.num_running_requests() == 0
+
+
+async def test_a_failed_decode_step_is_retried_from_the_rows_tokens(
+    generator: TransformersGenerator, reference_lm: ReferenceLM, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from rag_grpc.engines import padded_batch
+
+    decode = padded_batch.PaddedBatch.decode
+    steps = 0
+
+    def fails_once(self: padded_batch.PaddedBatch, model: object, tokens: object) -> object:
+        nonlocal steps
+        steps += 1
+        if steps == 3:
+            raise RuntimeError("injected: one decode step fails")
+        return decode(self, model, tokens)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(padded_batch.PaddedBatch, "decode", fails_once)
+    story, count = await asyncio.gather(
+        _run(generator, _request(STORY, 16)), _run(generator, _request(COUNT, 16))
+    )
+    assert steps > 3
+    assert story == _expected(reference_lm, STORY, 16)
+    assert count == _expected(reference_lm, COUNT, 16)
+
+
+async def test_a_step_that_keeps_failing_ends_its_rows_with_unavailable_and_the_engine_goes_on(
+    generator: TransformersGenerator, reference_lm: ReferenceLM, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from rag_grpc.engines import padded_batch
+
+    decode = padded_batch.PaddedBatch.decode
+
+    def always_fails(self: padded_batch.PaddedBatch, model: object, tokens: object) -> object:
+        raise RuntimeError("injected: every decode step fails")
+
+    monkeypatch.setattr(padded_batch.PaddedBatch, "decode", always_fails)
+    results = await asyncio.gather(
+        _run(generator, _request(STORY, 16)), _run(generator, _request(COUNT, 16)), return_exceptions=True
+    )
+    assert all(isinstance(result, Unavailable) for result in results), results
+    monkeypatch.setattr(padded_batch.PaddedBatch, "decode", decode)
+    await generator.check_health()
+    assert await _run(generator, _request(COLOURS, 12)) == _expected(reference_lm, COLOURS, 12)
