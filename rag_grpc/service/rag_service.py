@@ -359,19 +359,20 @@ class RagService:
         retrieval: RetrievalOptions | None,
         generator: Generator,
     ) -> AsyncGenerator[GenerateEvent, None]:
-        if retrieval is not None:
-            result = await self._search(retrieval_query(messages), retrieval)
-            answer.retrieval_ms = _ms_since(answer.started)
-            yield SourcesEvent(hits=result.hits, index_version=result.index_version)
-            messages = grounded_messages(
-                messages, result.hits, generator.control_tokens, self.settings.max_grounding_chars
-            )
-        engine_request = GenerationRequest(
-            request_id=context.request_id, messages=messages, sampling=sampling
-        )
-        # The slot is held exactly while the engine works on the request: it is given back when the
-        # engine stream ends, however that happens (finished, failed, caller gone, stall timeout).
+        # The slot is taken before any work, so a refused call (queue full, quota, draining) is refused
+        # before it sent anything, and given back the moment the engine stream ends, however that
+        # happens: finished, failed, caller gone, or the stall timeout closing this generator.
         async with self.admission.slot(context.caller):
+            if retrieval is not None:
+                result = await self._search(retrieval_query(messages), retrieval)
+                answer.retrieval_ms = _ms_since(answer.started)
+                yield SourcesEvent(hits=result.hits, index_version=result.index_version)
+                messages = grounded_messages(
+                    messages, result.hits, generator.control_tokens, self.settings.max_grounding_chars
+                )
+            engine_request = GenerationRequest(
+                request_id=context.request_id, messages=messages, sampling=sampling
+            )
             async with aclosing(self._deltas(answer, generator.generate(engine_request))) as events:
                 async for event in events:
                     yield event

@@ -1,5 +1,6 @@
 """Admission over gRPC with the real generator: a full queue and a used-up caller quota are answered
-at once, while the admitted generation is still streaming; draining refuses the queue."""
+at once, before anything is sent, while the admitted generation is still streaming; draining refuses
+the queue."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 
 import grpc
+import pytest
 
 from rag_grpc.engines import Engines
 from rag_grpc.settings import Settings
@@ -49,9 +51,20 @@ async def test_full_queue_answers_unavailable_at_once(engines: Engines, settings
 
             error = await expect_status(collect(s.stubs.generate.Generate(LONG)), grpc.StatusCode.UNAVAILABLE)
             assert "overloaded" in (error.details() or "")
+            # A grounded call is refused before its retrieval: no Sources message precedes the status.
+            grounded = s.stubs.generate.Generate(
+                pb.GenerateRequest(
+                    prompt="What do the documents say?", retrieval=pb.RetrievalOptions(top_k=2)
+                )
+            )
+            received = []
+            with pytest.raises(grpc.aio.AioRpcError) as refused:
+                async for message in grounded:
+                    received.append(message)
+            assert refused.value.code() == grpc.StatusCode.UNAVAILABLE and received == []
             # Answered while the admitted call is still streaming: a refusal, not a timeout.
             assert not running.done() and s.admission.running == 1
-            assert s.sample("rag_rate_limited_total", caller="anonymous", reason="queue_full") == 1
+            assert s.sample("rag_rate_limited_total", caller="anonymous", reason="queue_full") == 2
             assert s.sample("rag_generate_waiting") == 1 and s.sample("rag_generate_running") == 1
             # Other methods are not behind the generation queue.
             await s.stubs.info.Info(pb.InfoRequest())
