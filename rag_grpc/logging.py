@@ -29,13 +29,14 @@ class _RootHandler(logging.StreamHandler[TextIO]):
 def configure_logging(level: str = "info", json: bool = True, stream: TextIO | None = None) -> None:
     """`stream` defaults to stderr (tests pass a buffer to read the lines back).
 
-    Only with the default stream are uncaught exceptions taken over too: that is about what the process
-    itself writes to stderr, and a test run must keep its own hooks (pytest reports them through these).
+    Only with the default stream are progress bars and uncaught exceptions taken over too: they are about
+    what the process itself writes to stderr, and a test run must keep its own hooks (pytest reports
+    through them) and environment (which its child processes inherit).
     """
     own_stderr = stream is None
     stream = stream if stream is not None else sys.stderr
     numeric = logging.getLevelNamesMapping()[level.upper()]
-    if json:
+    if json and own_stderr:
         # Before the libraries are imported: they read these at import time.
         _silence_progress_bars()
     shared: list[structlog.typing.Processor] = [

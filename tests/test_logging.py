@@ -4,6 +4,7 @@ the libraries write (stdlib logging, warnings, progress bars) and uncaught excep
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -32,9 +33,12 @@ raise RuntimeError("escaped main")
 
 
 def _run(mode: str) -> subprocess.CompletedProcess[str]:
+    # Progress bars are left to configure_logging to turn off.
+    unset = ("TQDM_DISABLE", "HF_HUB_DISABLE_PROGRESS_BARS")
     return subprocess.run(
         [sys.executable, "-c", PROGRAM, mode],
         cwd=ROOT,
+        env={k: v for k, v in os.environ.items() if k not in unset},
         capture_output=True,
         text=True,
         timeout=120,

@@ -72,8 +72,10 @@ def test_make_serve_then_smoke_script_metrics_json_logs_and_clean_shutdown(tmp_p
     port, metrics_port = _free_port(), _free_port()
     target = f"127.0.0.1:{port}"
     stdout_path, stderr_path = tmp_path / "serve.stdout", tmp_path / "serve.stderr"
-    # As a user types it, not as a sub-make of `make test`: make would print "Entering directory" lines.
-    env = {k: v for k, v in os.environ.items() if k not in ("MAKEFLAGS", "MFLAGS", "MAKELEVEL")}
+    # As a user types it, not as a sub-make of `make test` (make would print "Entering directory" lines),
+    # and with progress bars left to the server to turn off.
+    unset = ("MAKEFLAGS", "MFLAGS", "MAKELEVEL", "TQDM_DISABLE", "HF_HUB_DISABLE_PROGRESS_BARS")
+    env = {k: v for k, v in os.environ.items() if k not in unset}
     with stdout_path.open("wb") as stdout, stderr_path.open("wb") as stderr:
         server = subprocess.Popen(
             [
