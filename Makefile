@@ -6,6 +6,9 @@ PORT ?= 50051
 # `make serve` keeps its index in ./data, so documents added while it runs are there at the next start;
 # `make serve DATA_DIR=` keeps it in memory only.
 DATA_DIR ?= data
+# Prometheus /metrics on loopback (metrics_host defaults to 127.0.0.1), as TEI, Triton and vLLM do;
+# `make serve METRICS_PORT=` turns it off.
+METRICS_PORT ?= 9464
 # The CPU build of torch that this machine keeps on disk; a bare `torch` would pull CUDA wheels.
 TORCH_CPU := torch==2.13.0
 
@@ -26,8 +29,10 @@ install: $(VENV)/.installed
 
 install-test: install
 
+# `@`: the echoed command line would be the one line of `make serve`'s output that is not JSON.
 serve: install
-	$(BIN)/rag-grpc serve --port $(PORT) --demo-corpus $(if $(DATA_DIR),--data-dir $(DATA_DIR))
+	@$(BIN)/rag-grpc serve --port $(PORT) --demo-corpus $(if $(DATA_DIR),--data-dir $(DATA_DIR)) \
+		$(if $(METRICS_PORT),--metrics-port $(METRICS_PORT))
 
 test: install-test redis-server
 	$(BIN)/pytest -q
