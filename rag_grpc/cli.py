@@ -159,11 +159,13 @@ def main(argv: list[str] | None = None) -> int:
         print(f"api_keys_file line: {args.name} {args.role} {key_hash(key).hex()}")
         return 0
     if args.command == "serve":
-        from rag_grpc.app import serve as run_server
         from rag_grpc.logging import configure_logging
 
         settings = settings_from_args(args)
+        # Before grpc and the model libraries are imported: some of their switches are read at import.
         configure_logging(settings.log_level, settings.log_json)
+        from rag_grpc.app import serve as run_server
+
         asyncio.run(run_server(settings))
         return 0
     if args.command == "snapshot":

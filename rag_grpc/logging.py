@@ -109,6 +109,11 @@ def _silence_progress_bars() -> None:
     """
     os.environ.setdefault("TQDM_DISABLE", "1")
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    # gRPC's C core writes its own plain-text lines ("E1201 ... add_port.cc] Failed to add port") straight
+    # to the stderr file descriptor, past any Python handler. The failures that matter also reach us as
+    # Python exceptions, which are logged as JSON; an operator who wants the C core's lines sets
+    # GRPC_VERBOSITY (read when grpc is first imported, which the CLI does after configure_logging).
+    os.environ.setdefault("GRPC_VERBOSITY", "NONE")
     try:
         from transformers.utils import logging as transformers_logging
     except ImportError:
