@@ -59,6 +59,7 @@ def test_make_serve_then_smoke_script_then_clean_shutdown(tmp_path: Path) -> Non
             capture_output=True,
             text=True,
             timeout=180,
+            check=False,
         )
         assert smoke.returncode == 0, smoke.stdout + smoke.stderr
         assert "SMOKE OK" in smoke.stdout
@@ -75,6 +76,7 @@ def test_make_serve_then_smoke_script_then_clean_shutdown(tmp_path: Path) -> Non
             capture_output=True,
             text=True,
             timeout=60,
+            check=False,
         )
         assert "lighthouses.md" in retrieve.stdout, retrieve.stdout + retrieve.stderr
     finally:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
-from contextlib import aclosing
+from contextlib import aclosing, suppress
 from dataclasses import dataclass
 
 from rag_grpc.domain import DeltaEvent, GenerateEvent
@@ -54,10 +54,8 @@ class CoalescingStream:
         """Stops the pump, which closes the engine stream (aborting its request if unfinished)."""
         if self._pump is not None and not self._pump.done():
             self._pump.cancel()
-            try:
+            with suppress(asyncio.CancelledError):
                 await self._pump
-            except asyncio.CancelledError:
-                pass
 
     async def _run_pump(self) -> None:
         try:
@@ -67,7 +65,7 @@ class CoalescingStream:
             await self._buffer.put(_END)
         except asyncio.CancelledError:
             raise
-        except Exception as exc:  # handed to the reader, which raises it in its own task
+        except Exception as exc:  # noqa: BLE001 - handed to the reader, which raises it in its own task
             await self._buffer.put(exc)
 
     def __aiter__(self) -> CoalescingStream:
