@@ -10,7 +10,7 @@ rather than grow memory.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from contextlib import aclosing, suppress
 from dataclasses import dataclass
 
@@ -34,7 +34,10 @@ _END = _EndOfStream()
 class CoalescingStream:
     """Use as `async with CoalescingStream(events) as stream: async for event in stream: ...`."""
 
-    def __init__(self, events: AsyncIterator[GenerateEvent], limits: CoalescingLimits | None = None) -> None:
+    # A generator, not just an iterator: closing it is what aborts the engine's request.
+    def __init__(
+        self, events: AsyncGenerator[GenerateEvent, None], limits: CoalescingLimits | None = None
+    ) -> None:
         self._events = events
         self._limits = limits or CoalescingLimits()
         self._buffer: asyncio.Queue[GenerateEvent | BaseException | _EndOfStream] = asyncio.Queue(
