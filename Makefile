@@ -12,7 +12,7 @@ METRICS_PORT ?= 9464
 # The CPU build of torch that this machine keeps on disk; a bare `torch` would pull CUDA wheels.
 TORCH_CPU := torch==2.13.0
 
-.PHONY: install install-test redis-server serve test smoke proto bench clean
+.PHONY: install install-test redis-server serve lint test smoke proto bench clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -34,7 +34,14 @@ serve: install
 	@$(BIN)/rag-grpc serve --port $(PORT) --demo-corpus $(if $(DATA_DIR),--data-dir $(DATA_DIR)) \
 		$(if $(METRICS_PORT),--metrics-port $(METRICS_PORT))
 
-test: install-test redis-server
+# The gates `make test` runs before the tests: ruff's rules and formatting, and mypy --strict over
+# rag_grpc (their settings are in pyproject.toml; the tools are pinned in the [test] extra).
+lint: install-test
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+
+test: install-test redis-server lint
 	$(BIN)/pytest -q
 
 # Tests start their own redis-server (Debian package) on a free loopback port.
@@ -44,8 +51,10 @@ redis-server:
 smoke: install
 	clients/grpcurl_smoke.sh 127.0.0.1:$(PORT)
 
+# Reinstalling the package regenerates the stubs in pip's build environment, with the protoc and
+# mypy-protobuf versions pinned in pyproject.toml's build requirements.
 proto: $(BIN)/python
-	$(BIN)/python setup.py -q generate_stubs
+	$(BIN)/pip install -q --no-deps -e .
 
 # Every server in the run (ours in-process, the peers as children) gets the same OpenMP policy:
 # active spin-waiting starves the other threads on a shared 2-core machine.

@@ -170,7 +170,7 @@ async def _measure(
         engine_ttfts.extend((await _engine_round(generator, texts, 2))["ttft_s"])
         await asyncio.sleep(_SETTLE_S)
         raw_ttfts.append(raw_ttft)
-    ratios = [engine / raw for engine, raw in zip(engine_rates, raw_rates)]
+    ratios = [engine / raw for engine, raw in zip(engine_rates, raw_rates, strict=True)]
     raw_ttft_p50_ms = _percentile(raw_ttfts, 50) * 1000
     engine_ttft_p50_ms = _percentile(engine_ttfts, 50) * 1000
     return {
@@ -274,7 +274,7 @@ def _print_table(report: dict[str, Any]) -> None:
         f"{report['torch_threads']} torch threads, {report['new_tokens']} tokens per stream)"
     )
     for row in rows:
-        print("  ".join(cell.rjust(width) for cell, width in zip(row, widths)))
+        print("  ".join(cell.rjust(width) for cell, width in zip(row, widths, strict=True)))
     for key in ("target_throughput_16", "target_ttft_1"):
         if key in report:
             print(f"{key}: {report[key]}")

@@ -25,7 +25,7 @@ import subprocess
 import sys
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, suppress
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
@@ -159,10 +159,8 @@ async def _stop_group(process: asyncio.subprocess.Process, grace_s: float = 10.0
             os.killpg(process.pid, sig)
         except ProcessLookupError:
             break  # nobody left in the group
-        try:
+        with suppress(TimeoutError):
             await asyncio.wait_for(process.wait(), grace_s)
-        except TimeoutError:
-            pass
     await process.wait()
 
 

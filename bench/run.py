@@ -13,7 +13,7 @@ import json
 import os
 import platform
 import subprocess
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +32,7 @@ def _machine() -> str:
         platform.processor(),
     )
     commit = subprocess.run(
-        ["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True
+        ["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True, check=False
     ).stdout.strip()
     load = os.getloadavg()[0]
     return f"{os.cpu_count()} cores ({cpu}), Python {platform.python_version()}, commit {commit}, load average {load:.1f} at start"
@@ -177,7 +177,7 @@ def _table(results: dict[str, Any]) -> list[tuple[str, str, str, str]]:
 
 
 def _markdown(rows: list[tuple[str, str, str, str]], machine: str, quick: bool) -> str:
-    stamp = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    stamp = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
     lines = [
         f"## {stamp}{' (quick)' if quick else ''}",
         "",

@@ -18,16 +18,17 @@ def chunk_text(text: str, max_chars: int) -> list[str]:
     for paragraph in (p.strip() for p in text.split("\n\n")):
         if not paragraph:
             continue
-        while len(paragraph) > max_chars:
+        rest = paragraph
+        while len(rest) > max_chars:
             if current:
                 chunks.append(current)
                 current = ""
-            chunks.append(paragraph[:max_chars])
-            paragraph = paragraph[max_chars:]
-        if current and len(current) + 2 + len(paragraph) > max_chars:
+            chunks.append(rest[:max_chars])
+            rest = rest[max_chars:]
+        if current and len(current) + 2 + len(rest) > max_chars:
             chunks.append(current)
             current = ""
-        current = f"{current}\n\n{paragraph}" if current else paragraph
+        current = f"{current}\n\n{rest}" if current else rest
     if current:
         chunks.append(current)
     return chunks

@@ -40,7 +40,7 @@ def _issue(
     valid_days: tuple[int, int] = (-1, 30),
 ) -> Issued:
     key = ec.generate_private_key(ec.SECP256R1())
-    now = datetime.datetime.now(datetime.timezone.utc)
+    now = datetime.datetime.now(datetime.UTC)
     builder = (
         x509.CertificateBuilder()
         .subject_name(_name(subject))

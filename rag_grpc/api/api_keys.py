@@ -108,8 +108,8 @@ def _parse_inline(spec: str) -> list[ApiKey]:
 
 def _parse_file(path: Path) -> list[ApiKey]:
     keys = []
-    for number, line in enumerate(path.read_text().splitlines(), start=1):
-        line = line.split("#", 1)[0].strip()
+    for number, raw_line in enumerate(path.read_text().splitlines(), start=1):
+        line = raw_line.split("#", 1)[0].strip()
         if not line:
             continue
         parts = line.split()

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import NoReturn
+from typing import Any, NoReturn
 
 import grpc
 from google.protobuf import any_pb2, duration_pb2
@@ -39,6 +39,16 @@ class Status:
     retry_after_s: float | None = None
 
 
+@dataclass(frozen=True)
+class _WireStatus(grpc.Status):
+    """A grpc.Status we build ourselves: grpc only declares the interface, and the one rpc_status
+    returns cannot be extended with trailers through its public type."""
+
+    code: grpc.StatusCode
+    details: str
+    trailing_metadata: tuple[tuple[str, str | bytes], ...]
+
+
 def status_for(exc: BaseException) -> Status:
     """The status a caller sees for `exc`. Unexpected errors never leak their text to callers."""
     if isinstance(exc, errors.EngineError) or not isinstance(exc, errors.RagError):
@@ -66,15 +76,15 @@ def wire_status(status: Status) -> grpc.Status:
         proto.details.append(detail)
         extra = ((RETRY_AFTER_KEY, str(max(1, math.ceil(delay)))),)
     converted = rpc_status.to_status(proto)
-    return converted._replace(trailing_metadata=(*converted.trailing_metadata, *extra))  # type: ignore[attr-defined]
+    return _WireStatus(converted.code, converted.details, (*converted.trailing_metadata, *extra))
 
 
-async def abort(context: grpc.aio.ServicerContext, exc: BaseException) -> NoReturn:
+async def abort(context: grpc.aio.ServicerContext[Any, Any], exc: BaseException) -> NoReturn:
     """Ends the call with the status for `exc` (raises grpc.aio.AbortError, as context.abort does).
     Trailing metadata set earlier in the call (the request id) is kept."""
     status = wire_status(status_for(exc))
     earlier = tuple(context.trailing_metadata() or ())
     if earlier:
-        status = status._replace(trailing_metadata=(*earlier, *status.trailing_metadata))  # type: ignore[attr-defined]
+        status = _WireStatus(status.code, status.details, (*earlier, *status.trailing_metadata))
     await context.abort_with_status(status)
     raise AssertionError("abort_with_status returned")  # pragma: no cover - grpc always raises

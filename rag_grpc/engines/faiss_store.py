@@ -15,15 +15,17 @@ from __future__ import annotations
 
 import asyncio
 from collections import defaultdict
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, Self
+from typing import Any, Self, TypeVar
 
 import faiss
 import numpy as np
 
 from rag_grpc.domain import Document, EngineInfo, FloatMatrix, Hit, SearchQuery, SearchResult, StoreState
 from rag_grpc.errors import InvalidArgument, NotFound
+
+T = TypeVar("T")
 
 # How many candidates a filtered GPU search fetches per hit wanted, before filtering on the host.
 _GPU_FILTER_OVERFETCH = 8
@@ -110,7 +112,7 @@ class FaissVectorStore:
             )
         await self._run(self._restore, state)
 
-    async def _run(self, fn: Any, *args: Any) -> Any:
+    async def _run(self, fn: Callable[..., T], *args: Any) -> T:
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._executor, fn, *args)
 
@@ -146,7 +148,8 @@ class FaissVectorStore:
         return self._version
 
     def _remove_internal(self, internal_ids: list[int]) -> None:
-        self._master.remove_ids(np.asarray(internal_ids, dtype=np.int64))
+        # The selector faiss's wrapper would build from a plain id array; its stubs accept only a selector.
+        self._master.remove_ids(faiss.IDSelectorBatch(np.asarray(internal_ids, dtype=np.int64)))
         self._replica_stale = self._replica is not None
         for internal_id in internal_ids:
             document = self._documents.pop(internal_id)
@@ -215,7 +218,9 @@ class FaissVectorStore:
         vector = query.vector.reshape(1, -1).astype(np.float32, copy=False)
         if self._replica is None:
             selector = faiss.IDSelectorBatch(np.fromiter(candidates, dtype=np.int64, count=len(candidates)))
-            params = faiss.SearchParameters(sel=selector)
+            # faiss's Python wrapper adds the keyword constructor, which also keeps `selector` referenced
+            # from the params; its stubs declare only the bare C++ one.
+            params = faiss.SearchParameters(sel=selector)  # type: ignore[call-arg]
             scores, ids = self._master.search(vector, min(query.top_k, len(candidates)), params=params)
         else:
             k = min(self.size, query.top_k * _GPU_FILTER_OVERFETCH, 2048)

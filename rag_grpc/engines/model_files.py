@@ -56,7 +56,9 @@ def converted_model_dir(gguf_path: Path, cache_dir: Path) -> Path:
     tokenizer = AutoTokenizer.from_pretrained(str(gguf_path.parent), gguf_file=gguf_path.name)
     model = AutoModelForCausalLM.from_pretrained(str(gguf_path.parent), gguf_file=gguf_path.name)
     # The weights are fully dequantized; drop the GGUF marker so save_pretrained accepts them.
-    model.hf_quantizer = None
+    # transformers sets hf_quantizer dynamically, so the assignment is typed by torch's Module.__setattr__
+    # (Tensor | Module only), which is wrong for plain attributes.
+    model.hf_quantizer = None  # type: ignore[assignment]
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config
     staging = Path(tempfile.mkdtemp(prefix=".convert-", dir=cache_dir))

@@ -60,23 +60,34 @@ class CacheStats:
             self._on_error(kind.value)
 
 
-class BoundedMemoryCache(SimpleMemoryCache):
-    """aiocache's in-process dict, bounded: past `max_entries` the least recently used entry goes."""
+class BoundedMemoryCache(SimpleMemoryCache):  # type: ignore[misc]  # aiocache ships no types: its classes are Any
+    """aiocache's in-process dict, bounded: past `max_entries` the least recently used entry goes.
+
+    The overrides keep aiocache's private signatures (it calls them positionally and by keyword)."""
 
     def __init__(self, max_entries: int, **kwargs: object) -> None:
         super().__init__(**kwargs)
         self._max_entries = max_entries
 
-    async def _get(self, key, encoding="utf-8", _conn=None):  # type: ignore[no-untyped-def]
-        value = self._cache.pop(key, None)
+    async def _get(self, key: str, encoding: str | None = "utf-8", _conn: object = None) -> bytes | None:
+        value: bytes | None = self._cache.pop(key, None)
         if value is not None:
             self._cache[key] = value  # most recently used last
         return value
 
-    async def _multi_get(self, keys, encoding="utf-8", _conn=None):  # type: ignore[no-untyped-def]
+    async def _multi_get(
+        self, keys: Sequence[str], encoding: str | None = "utf-8", _conn: object = None
+    ) -> list[bytes | None]:
         return [await self._get(key) for key in keys]
 
-    async def _set(self, key, value, ttl=None, _cas_token=None, _conn=None):  # type: ignore[no-untyped-def]
+    async def _set(
+        self,
+        key: str,
+        value: bytes,
+        ttl: float | None = None,
+        _cas_token: object = None,
+        _conn: object = None,
+    ) -> object:  # whatever the base class answers: True, or 0 when _cas_token does not match
         self._cache.pop(key, None)  # re-inserted last by the base class
         stored = await super()._set(key, value, ttl=ttl, _cas_token=_cas_token, _conn=_conn)
         while len(self._cache) > self._max_entries:

@@ -10,8 +10,8 @@ rather than grow memory.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
-from contextlib import aclosing
+from collections.abc import AsyncGenerator
+from contextlib import aclosing, suppress
 from dataclasses import dataclass
 
 from rag_grpc.domain import DeltaEvent, GenerateEvent
@@ -34,7 +34,10 @@ _END = _EndOfStream()
 class CoalescingStream:
     """Use as `async with CoalescingStream(events) as stream: async for event in stream: ...`."""
 
-    def __init__(self, events: AsyncIterator[GenerateEvent], limits: CoalescingLimits | None = None) -> None:
+    # A generator, not just an iterator: closing it is what aborts the engine's request.
+    def __init__(
+        self, events: AsyncGenerator[GenerateEvent, None], limits: CoalescingLimits | None = None
+    ) -> None:
         self._events = events
         self._limits = limits or CoalescingLimits()
         self._buffer: asyncio.Queue[GenerateEvent | BaseException | _EndOfStream] = asyncio.Queue(
@@ -54,10 +57,8 @@ class CoalescingStream:
         """Stops the pump, which closes the engine stream (aborting its request if unfinished)."""
         if self._pump is not None and not self._pump.done():
             self._pump.cancel()
-            try:
+            with suppress(asyncio.CancelledError):
                 await self._pump
-            except asyncio.CancelledError:
-                pass
 
     async def _run_pump(self) -> None:
         try:
@@ -67,7 +68,7 @@ class CoalescingStream:
             await self._buffer.put(_END)
         except asyncio.CancelledError:
             raise
-        except Exception as exc:  # handed to the reader, which raises it in its own task
+        except Exception as exc:  # noqa: BLE001 - handed to the reader, which raises it in its own task
             await self._buffer.put(exc)
 
     def __aiter__(self) -> CoalescingStream:

@@ -25,7 +25,7 @@ def frame(payload: bytes) -> bytes:
 
 
 def frame_checksum_ok(header: bytes, payload: bytes) -> bool:
-    length, checksum = FRAME_HEADER.unpack(header)
+    checksum: int = FRAME_HEADER.unpack(header)[1]
     return zlib.crc32(payload, zlib.crc32(header[:4])) == checksum
 
 

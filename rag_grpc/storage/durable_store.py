@@ -22,6 +22,7 @@ import asyncio
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import suppress
 from pathlib import Path
 from typing import Any, Self, TypeVar
 
@@ -329,10 +330,8 @@ class DurableVectorStore:
     async def _snapshot_periodically(self) -> None:
         interval = self._snapshot_interval_s if self._snapshot_interval_s > 0 else None
         while True:
-            try:
+            with suppress(TimeoutError):
                 await asyncio.wait_for(self._snapshot_wanted.wait(), timeout=interval)
-            except TimeoutError:
-                pass
             self._snapshot_wanted.clear()
             try:
                 await self.snapshot()

@@ -10,12 +10,12 @@ of one. The newest snapshot is the one start-up loads.
 
 from __future__ import annotations
 
+import io
 import os
 import struct
 import zlib
 from contextlib import suppress
 from pathlib import Path
-from typing import BinaryIO
 
 import numpy as np
 
@@ -88,7 +88,7 @@ def read_snapshot(path: Path) -> StoreState:
         raise StorageCorrupted(f"{path}: not a readable snapshot ({exc})") from exc
 
 
-def _read(file: BinaryIO, path: Path) -> StoreState:
+def _read(file: io.BufferedIOBase, path: Path) -> StoreState:
     checksum = 0
 
     def take(size: int) -> bytes:
@@ -114,7 +114,7 @@ def _read(file: BinaryIO, path: Path) -> StoreState:
     ):
         raise StorageCorrupted(f"{path}: the vectors do not fill the rest of the file")
     vectors = np.empty((count, dimension), dtype=np.float32)
-    raw = memoryview(vectors.reshape(-1).view(np.uint8))
+    raw = vectors.reshape(-1).view(np.uint8).data  # a writable memoryview of the array's bytes
     if file.readinto(raw) != len(raw):
         raise StorageCorrupted(f"{path}: ends inside the vectors")
     checksum = zlib.crc32(raw, checksum)

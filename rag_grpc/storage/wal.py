@@ -16,6 +16,7 @@ whole record is not a torn tail: acknowledged writes lie beyond it, so start-up 
 
 from __future__ import annotations
 
+import itertools
 import os
 import struct
 from contextlib import suppress
@@ -222,7 +223,7 @@ class WriteAheadLog:
         dropped = 0
         segments = list_segments(self._directory)
         # A segment ends where the next one starts, so the next one's start says what it holds.
-        for (_, path), (next_start, _) in zip(segments, segments[1:]):
+        for (_, path), (next_start, _) in itertools.pairwise(segments):
             if next_start <= version + 1:
                 path.unlink(missing_ok=True)
                 dropped += 1

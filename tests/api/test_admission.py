@@ -97,11 +97,13 @@ async def test_caller_quota_answers_resource_exhausted_and_spares_others(
 
 
 async def test_draining_refuses_queued_generations(engines: Engines, settings: Settings) -> None:
-    async with serving(engines, settings, max_concurrent_generations=1, max_queued_generations=2) as s:
-        async with generating(s) as running:
-            queued = asyncio.ensure_future(collect(s.stubs.generate.Generate(LONG)))
-            await _until(lambda: s.admission.waiting == 1)
-            s.admission.drain()
-            error = await expect_status(queued, grpc.StatusCode.UNAVAILABLE)
-            assert "draining" in (error.details() or "")
-            assert not running.done()
+    async with (
+        serving(engines, settings, max_concurrent_generations=1, max_queued_generations=2) as s,
+        generating(s) as running,
+    ):
+        queued = asyncio.ensure_future(collect(s.stubs.generate.Generate(LONG)))
+        await _until(lambda: s.admission.waiting == 1)
+        s.admission.drain()
+        error = await expect_status(queued, grpc.StatusCode.UNAVAILABLE)
+        assert "draining" in (error.details() or "")
+        assert not running.done()

@@ -85,7 +85,7 @@ async def test_server_is_stopped_when_the_measurement_fails(tmp_path: Path) -> N
 
 async def test_a_server_that_exits_is_reported_with_its_log(tmp_path: Path) -> None:
     argv = [sys.executable, "-c", "import sys; print('model directory not found'); sys.exit(3)"]
-    with pytest.raises(RuntimeError, match="exited with 3(.|\n)*model directory not found"):
+    with pytest.raises(RuntimeError, match=r"exited with 3(.|\n)*model directory not found"):
         async with running_server(
             "broken", argv, dict(os.environ), "http://127.0.0.1:9/health", 30, tmp_path
         ):

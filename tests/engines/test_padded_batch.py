@@ -30,11 +30,11 @@ def _greedy_with_joins(
     step = 0
     with torch.inference_mode():
         while step <= max(join_at_step) or rows:
-            for group, join_step in zip(groups, join_at_step):
+            for group, join_step in zip(groups, join_at_step, strict=True):
                 if join_step != step:
                     continue
                 joined, logits = PaddedBatch.prefill(lm.model, [lm.prompt_ids(PROMPTS[i]) for i in group])
-                for prompt_index, token in zip(group, logits.argmax(-1).tolist()):
+                for prompt_index, token in zip(group, logits.argmax(-1).tolist(), strict=True):
                     produced[prompt_index] = [token]
                 if batch is None:
                     batch = joined
@@ -57,7 +57,8 @@ def _greedy_with_joins(
                 batch.keep(kept)
             if batch is not None:
                 last = torch.tensor([produced[i][-1] for i in rows])
-                for prompt_index, token in zip(rows, batch.decode(lm.model, last).argmax(-1).tolist()):
+                next_tokens = batch.decode(lm.model, last).argmax(-1).tolist()
+                for prompt_index, token in zip(rows, next_tokens, strict=True):
                     produced[prompt_index].append(token)
             step += 1
     return produced

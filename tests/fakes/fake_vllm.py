@@ -365,7 +365,7 @@ class AsyncLLM:
             await self._decode_steps(request)
         except asyncio.CancelledError:
             raise
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - like vLLM, hands the failure to the request's reader
             self.requests.pop(request.internal_id, None)
             request.collector.put(exc)
 

@@ -37,7 +37,7 @@ ATTACKS = [
     "<|im_start",
     "im_start|>",
     "<\u200b|im_start|>",
-    "＜｜im_start｜＞system",
+    "＜｜im_start｜＞system",  # noqa: RUF001 - fullwidth look-alikes of the chat markers, on purpose
     "<|im_end|",
     "|im_end|>",
     "<||im_end||>",

@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import time
+from contextlib import suppress
 from pathlib import Path
 
 START_TIMEOUT_S = 180.0
@@ -83,8 +84,6 @@ class ServerProcess:
         events = []
         for line in lines:
             if line.startswith("{"):
-                try:
+                with suppress(json.JSONDecodeError):
                     events.append(json.loads(line))
-                except json.JSONDecodeError:
-                    pass
         return events

@@ -26,9 +26,10 @@ pytestmark = pytest.mark.slow
 
 ROUNDS = int(os.environ.get("RAG_GRPC_CRASH_ROUNDS", "20"))
 WRITERS = 3
-WORDS = (
-    "amber basalt cobalt dune ember fjord glacier harbor iris jade kelp lagoon mesa nectar onyx reef".split()
-)
+WORDS = [
+    "amber", "basalt", "cobalt", "dune", "ember", "fjord", "glacier", "harbor",
+    "iris", "jade", "kelp", "lagoon", "mesa", "nectar", "onyx", "reef",
+]  # fmt: skip
 # Any unit vector: a filtered search returns every match whatever the query (no min_score).
 PROBE = pb.Vector(values=(np.ones(384, dtype=np.float32) / np.sqrt(384)).tolist())
 

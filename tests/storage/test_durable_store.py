@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import random
 import shutil
+from contextlib import suppress
 from pathlib import Path
 
 import numpy as np
@@ -85,10 +86,8 @@ async def test_concurrent_writes_keep_one_order_in_log_and_index(tmp_path: Path)
         async def writer(n: int) -> None:
             for step in range(6):
                 if rng.random() < 0.3:
-                    try:
+                    with suppress(NotFound):
                         await store.delete([rng.choice(ids)])
-                    except NotFound:
-                        pass
                 else:
                     chosen = rng.sample(ids, 3)
                     await store.upsert(_docs(*chosen), _vectors(3, n * 100 + step))

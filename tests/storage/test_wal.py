@@ -26,7 +26,8 @@ DIMENSION = 4
 
 
 def _upsert(version: int, *ids: str) -> UpsertRecord:
-    documents = [Document(i, f"text of {i} – ünïcødé ☃ 𝄞", {"k": i, "ключ": "значение"}) for i in ids]
+    # Non-ASCII text and keys on purpose: the log must round-trip them byte for byte.
+    documents = [Document(i, f"text of {i} – ünïcødé ☃ 𝄞", {"k": i, "ключ": "значение"}) for i in ids]  # noqa: RUF001
     vectors = np.random.default_rng(version).normal(size=(len(ids), DIMENSION)).astype(np.float32)
     return UpsertRecord(version, documents, vectors)
 
