@@ -105,7 +105,6 @@ def test_make_serve_then_smoke_script_metrics_json_logs_and_clean_shutdown(tmp_p
             capture_output=True,
             text=True,
             timeout=180,
-            check=False,
         )
         assert smoke.returncode == 0, smoke.stdout + smoke.stderr
         assert "SMOKE OK" in smoke.stdout
@@ -123,7 +122,6 @@ def test_make_serve_then_smoke_script_metrics_json_logs_and_clean_shutdown(tmp_p
             capture_output=True,
             text=True,
             timeout=60,
-            check=False,
         )
         assert "lighthouses.md" in retrieve.stdout, retrieve.stdout + retrieve.stderr
         # The metrics endpoint is on by default, on loopback, and has counted the calls above.

@@ -88,5 +88,5 @@ class HealthMonitor:
             await asyncio.sleep(self._interval_s)
             try:
                 await self.update()
-            except Exception:  # noqa: BLE001 - a failed check must not end the monitoring
+            except Exception:
                 log.exception("health_check_failed")

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import uuid
 from collections.abc import AsyncIterator
+from typing import Any
 
 import grpc
 
@@ -18,7 +19,7 @@ from rag_grpc.service.streaming import CoalescingLimits, CoalescingStream
 from rag_grpc.v1 import rag_pb2 as pb
 from rag_grpc.v1 import rag_pb2_grpc as pb_grpc
 
-Context = grpc.aio.ServicerContext
+Context = grpc.aio.ServicerContext[Any, Any]
 
 
 def request_context() -> RequestContext:
@@ -58,7 +59,9 @@ class GenerateServicer(pb_grpc.GenerateServiceServicer):
 
     # A coroutine that writes, rather than an async generator that yields: only then can a write that
     # the client does not accept be noticed, and the generation behind it aborted.
-    async def Generate(self, request: pb.GenerateRequest, context: Context) -> None:
+    async def Generate(  # type: ignore[override]  # writes with context.write instead of returning an iterator
+        self, request: pb.GenerateRequest, context: Context
+    ) -> None:
         events = self._service.generate(converters.generate_input(request), request_context())
         async with CoalescingStream(events, self._limits) as stream:
             async for event in stream:

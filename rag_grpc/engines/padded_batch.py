@@ -75,7 +75,8 @@ class PaddedBatch:
         )
         self._cache = output.past_key_values
         self._next_positions = self._next_positions + 1
-        return output.logits[:, -1, :].float()
+        logits: torch.Tensor = output.logits[:, -1, :].float()
+        return logits
 
     def can_merge(self) -> bool:
         """Whether this cache holds only full-attention layers, whose tensors can be padded and concatenated."""
@@ -87,9 +88,9 @@ class PaddedBatch:
         layers = [
             tuple(
                 torch.cat([_left_pad(mine, length), _left_pad(theirs, length)], dim=0)
-                for mine, theirs in zip(*pair)
+                for mine, theirs in zip(*pair, strict=True)
             )
-            for pair in zip(self._kv_pairs(), joining._kv_pairs())
+            for pair in zip(self._kv_pairs(), joining._kv_pairs(), strict=True)
         ]
         self._cache = DynamicCache(ddp_cache_data=layers)
         self._attention_mask = torch.cat(

@@ -15,6 +15,7 @@ UNAVAILABLE (retryable), and the engine goes on with the requests that come next
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import threading
 from collections import deque
 from dataclasses import dataclass, field
@@ -151,7 +152,8 @@ class TransformersGenerator:
         tokenizer = AutoTokenizer.from_pretrained(str(self._model_dir))
         dtype = torch.float32 if self._device == "cpu" else torch.bfloat16
         model = AutoModelForCausalLM.from_pretrained(str(self._model_dir), dtype=dtype)
-        self._model = model.to(self._device).eval()
+        # transformers types the wrapped `to` as taking the model again: its stub, not our call, is off.
+        self._model = model.to(self._device).eval()  # type: ignore[arg-type]
         context_tokens = int(getattr(self._model.config, "max_position_embeddings", 2048))
         self._template = ChatTemplate(tokenizer, context_tokens)
         eos = self._model.generation_config.eos_token_id
@@ -220,7 +222,7 @@ class TransformersGenerator:
     def _run_scheduler(self) -> None:
         try:
             self._schedule()
-        except BaseException as exc:  # noqa: BLE001 - recorded, then reported by check_health
+        except BaseException as exc:
             log.exception("generator_scheduler_died")
             with self._wakeup:
                 self._died_of = exc
@@ -283,7 +285,7 @@ class TransformersGenerator:
             samplers = [TokenSampler.for_options(job.request.sampling, self._device) for job in jobs]
             self._suppress_eos(logits, [job.request.sampling.min_tokens > 0 for job in jobs])
             first_tokens = sample_next_tokens(logits, samplers)
-        except Exception:  # noqa: BLE001 - these consumers only; the running batch goes on
+        except Exception:
             log.exception("generator_prefill_failed", requests=len(jobs))
             self._retire(jobs, Unavailable("the generator failed to read the prompt; retry"))
             return rows, batch
@@ -315,12 +317,12 @@ class TransformersGenerator:
         last_tokens = torch.tensor([row.last_token for row in rows], dtype=torch.long, device=self._device)
         try:
             logits = batch.decode(self._model, last_tokens)
-        except Exception:  # noqa: BLE001 - the batch's state is unknown: rebuild it once from the tokens
+        except Exception:
             log.exception("generator_step_failed", rows=len(rows))
             try:
                 batch, _ = PaddedBatch.prefill(self._model, [row.prompt + row.generated[:-1] for row in rows])
                 logits = batch.decode(self._model, last_tokens)
-            except Exception:  # noqa: BLE001 - reported to these consumers as retryable
+            except Exception:
                 log.exception("generator_recompute_failed", rows=len(rows))
                 self._retire([row.job for row in rows], Unavailable("the generator failed mid-answer; retry"))
                 return [], None
@@ -373,10 +375,8 @@ class TransformersGenerator:
         for job, item in outbox:
             by_loop.setdefault(job.loop, []).append((job, item))
         for loop, items in by_loop.items():
-            try:
+            with contextlib.suppress(RuntimeError):  # that loop is closed: nobody is listening any more
                 loop.call_soon_threadsafe(_deliver, items)
-            except RuntimeError:  # that loop is closed: nobody is listening any more
-                pass
 
 
 def _deliver(items: list[tuple[_Job, _Item]]) -> None:

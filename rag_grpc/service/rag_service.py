@@ -283,7 +283,7 @@ class RagService:
 
     async def generate(
         self, request: GenerateInput, context: RequestContext | None = None
-    ) -> AsyncIterator[GenerateEvent]:
+    ) -> AsyncGenerator[GenerateEvent, None]:
         """Sources first (when grounded), then text deltas, then one final event.
 
         Every generated token is counted in exactly one delta: tokens that produced no text (the

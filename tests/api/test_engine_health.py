@@ -55,45 +55,43 @@ async def health_server(
 async def test_a_dead_transformers_scheduler_turns_health_not_serving(
     health_server: Any, generator_model_dir: Path
 ) -> None:
-    async with TransformersGenerator(generator_model_dir, "cpu", "doomed", max_batch_size=2) as generator:
-        async with health_server(generator) as s:
-            overall, generate, embed = Watch(s, ""), Watch(s, GENERATE), Watch(s, EMBED)
-            await overall.until(SERVING)
-            await generate.until(SERVING)
+    generator = TransformersGenerator(generator_model_dir, "cpu", "doomed", max_batch_size=2)
+    async with generator, health_server(generator) as s:
+        overall, generate, embed = Watch(s, ""), Watch(s, GENERATE), Watch(s, EMBED)
+        await overall.until(SERVING)
+        await generate.until(SERVING)
 
-            def die(*args: object) -> None:
-                raise RuntimeError("injected: the scheduler thread dies")
+        def die(*args: object) -> None:
+            raise RuntimeError("injected: the scheduler thread dies")
 
-            # The scheduler thread calls this between two steps; the request that wakes it is stranded.
-            generator._next_joining = die  # type: ignore[method-assign]
-            await expect_status(collect(s.stubs.generate.Generate(HELLO)), grpc.StatusCode.UNAVAILABLE)
+        # The scheduler thread calls this between two steps; the request that wakes it is stranded.
+        generator._next_joining = die  # type: ignore[method-assign]
+        await expect_status(collect(s.stubs.generate.Generate(HELLO)), grpc.StatusCode.UNAVAILABLE)
 
-            await overall.until(NOT_SERVING)
-            await generate.until(NOT_SERVING)
-            await embed.until(SERVING)  # embedding does not need the generator
-            error = await expect_status(
-                collect(s.stubs.generate.Generate(HELLO)), grpc.StatusCode.UNAVAILABLE
-            )
-            assert "not running" in (error.details() or "")
-            for watch in (overall, generate, embed):
-                watch.call.cancel()
+        await overall.until(NOT_SERVING)
+        await generate.until(NOT_SERVING)
+        await embed.until(SERVING)  # embedding does not need the generator
+        error = await expect_status(collect(s.stubs.generate.Generate(HELLO)), grpc.StatusCode.UNAVAILABLE)
+        assert "not running" in (error.details() or "")
+        for watch in (overall, generate, embed):
+            watch.call.cancel()
 
 
 async def test_a_dead_vllm_engine_turns_health_not_serving_and_back_when_it_recovers(
     health_server: Any,
 ) -> None:
-    async with make_generator(fake_vllm.configure(fake_vllm.word_tokenizer())) as generator:
-        async with health_server(generator) as s:
-            overall, generate = Watch(s, ""), Watch(s, GENERATE)
-            await overall.until(SERVING)
-            engine = generator._engine
-            engine._dead = True  # what vLLM reports once its engine-core process died
-            await overall.until(NOT_SERVING)
-            await generate.until(NOT_SERVING)
-            await expect_status(collect(s.stubs.generate.Generate(HELLO)), grpc.StatusCode.UNAVAILABLE)
-            engine._dead = False
-            await overall.until(SERVING)
-            await generate.until(SERVING)
-            assert (await collect(s.stubs.generate.Generate(HELLO)))[-1].HasField("final")
-            overall.call.cancel()
-            generate.call.cancel()
+    generator = make_generator(fake_vllm.configure(fake_vllm.word_tokenizer()))
+    async with generator, health_server(generator) as s:
+        overall, generate = Watch(s, ""), Watch(s, GENERATE)
+        await overall.until(SERVING)
+        engine = generator._engine
+        engine._dead = True  # what vLLM reports once its engine-core process died
+        await overall.until(NOT_SERVING)
+        await generate.until(NOT_SERVING)
+        await expect_status(collect(s.stubs.generate.Generate(HELLO)), grpc.StatusCode.UNAVAILABLE)
+        engine._dead = False
+        await overall.until(SERVING)
+        await generate.until(SERVING)
+        assert (await collect(s.stubs.generate.Generate(HELLO)))[-1].HasField("final")
+        overall.call.cancel()
+        generate.call.cancel()

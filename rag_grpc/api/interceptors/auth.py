@@ -7,7 +7,7 @@ caller (key name and role, never the key) is recorded in call_context for handle
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Collection
+from collections.abc import AsyncGenerator, Collection
 from contextlib import aclosing
 from typing import Any
 
@@ -60,7 +60,7 @@ class AuthInterceptor(AroundCallInterceptor):
     def applies_to(self, method: str) -> bool:
         return method.lstrip("/").partition("/")[0] not in self._open_services
 
-    def _caller(self, context: grpc.aio.ServicerContext) -> Caller:
+    def _caller(self, context: grpc.aio.ServicerContext[Any, Any]) -> Caller:
         caller = self._keys.caller_for(_presented_key(context.invocation_metadata()))
         if caller is None:
             raise _Refused("unknown_key", Unauthenticated("unknown API key"))
@@ -74,7 +74,7 @@ class AuthInterceptor(AroundCallInterceptor):
                 PermissionDenied(f"API key {caller.name!r} is {caller.role.value} and may not call {method}"),
             )
 
-    async def _authenticate(self, context: grpc.aio.ServicerContext, method: RpcMethod) -> None:
+    async def _authenticate(self, context: grpc.aio.ServicerContext[Any, Any], method: RpcMethod) -> None:
         try:
             caller = self._caller(context)
             # Recorded before the rights check, so a refused write is logged with who tried it.
@@ -85,14 +85,14 @@ class AuthInterceptor(AroundCallInterceptor):
             await status.abort(context, refused.error)
 
     async def around_call(
-        self, behavior: Behavior, request: Any, context: grpc.aio.ServicerContext, method: RpcMethod
+        self, behavior: Behavior, request: Any, context: grpc.aio.ServicerContext[Any, Any], method: RpcMethod
     ) -> Any:
         await self._authenticate(context, method)
         return await behavior(request, context)
 
     async def around_stream(
-        self, behavior: Behavior, request: Any, context: grpc.aio.ServicerContext, method: RpcMethod
-    ) -> AsyncIterator[Any]:
+        self, behavior: Behavior, request: Any, context: grpc.aio.ServicerContext[Any, Any], method: RpcMethod
+    ) -> AsyncGenerator[Any, None]:
         await self._authenticate(context, method)
         async with aclosing(behavior(request, context)) as messages:
             async for message in messages:

@@ -11,14 +11,12 @@ from __future__ import annotations
 
 import asyncio
 import inspect
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncGenerator, Awaitable, Callable
 from contextlib import aclosing
 from functools import lru_cache
 from typing import Any
 
 import grpc
-
-Behavior = Callable[[Any, grpc.aio.ServicerContext], Any]
 
 # What context.write (or sending a status) raises once the client has left: the call is over, no status
 # can be sent, and nothing failed on our side. grpc exposes no public name for it, and the context's
@@ -26,6 +24,8 @@ Behavior = Callable[[Any, grpc.aio.ServicerContext], Any]
 # fallback: if grpc moves it, the import fails at start-up (and tests/api/interceptors/test_call_gone.py
 # says why) instead of client departures silently turning into INTERNAL.
 from grpc._cython.cygrpc import ExecuteBatchError as _CallGone
+
+Behavior = Callable[[Any, grpc.aio.ServicerContext[Any, Any]], Any]
 
 
 def call_gone(exc: BaseException) -> bool:
@@ -71,9 +71,9 @@ def rpc_method(full_name: str, request_streaming: bool, response_streaming: bool
 class AroundCallInterceptor(grpc.aio.ServerInterceptor):
     async def intercept_service(
         self,
-        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler | None]],
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler[Any, Any] | None]],
         handler_call_details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler | None:
+    ) -> grpc.RpcMethodHandler[Any, Any] | None:
         handler = await continuation(handler_call_details)
         if handler is None or not self.applies_to(handler_call_details.method):
             return handler
@@ -88,7 +88,7 @@ class AroundCallInterceptor(grpc.aio.ServerInterceptor):
                     if inspect.isasyncgenfunction(behavior)
                     else self._wrap_call(behavior, method)
                 )
-                rebuilt: grpc.RpcMethodHandler = factory(
+                rebuilt: grpc.RpcMethodHandler[Any, Any] = factory(
                     wrapped,
                     request_deserializer=self.request_deserializer(handler.request_deserializer),
                     response_serializer=handler.response_serializer,
@@ -106,13 +106,15 @@ class AroundCallInterceptor(grpc.aio.ServerInterceptor):
         return deserializer
 
     def _wrap_call(self, behavior: Behavior, method: RpcMethod) -> Behavior:
-        async def call(request: Any, context: grpc.aio.ServicerContext) -> Any:
+        async def call(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
             return await self.around_call(behavior, request, context, method)
 
         return call
 
     def _wrap_stream(self, behavior: Behavior, method: RpcMethod) -> Behavior:
-        async def stream(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+        async def stream(
+            request: Any, context: grpc.aio.ServicerContext[Any, Any]
+        ) -> AsyncGenerator[Any, None]:
             # aclosing at every layer: when the call ends early (cancel, abort) each inner generator is
             # closed now, in this task, so its finally blocks see the end instead of the garbage collector.
             async with aclosing(self.around_stream(behavior, request, context, method)) as messages:
@@ -122,14 +124,14 @@ class AroundCallInterceptor(grpc.aio.ServerInterceptor):
         return stream
 
     async def around_call(
-        self, behavior: Behavior, request: Any, context: grpc.aio.ServicerContext, method: RpcMethod
+        self, behavior: Behavior, request: Any, context: grpc.aio.ServicerContext[Any, Any], method: RpcMethod
     ) -> Any:
         """For unary responses and for streaming handlers that write with context.write."""
         return await behavior(request, context)
 
     async def around_stream(
-        self, behavior: Behavior, request: Any, context: grpc.aio.ServicerContext, method: RpcMethod
-    ) -> AsyncIterator[Any]:
+        self, behavior: Behavior, request: Any, context: grpc.aio.ServicerContext[Any, Any], method: RpcMethod
+    ) -> AsyncGenerator[Any, None]:
         """For streaming handlers that yield their messages. Overrides relay with `aclosing` like this."""
         async with aclosing(behavior(request, context)) as messages:
             async for message in messages:
@@ -140,7 +142,7 @@ class ObservedWrites:
     """A context whose write() reports each message once sent: how an interceptor sees the messages of a
     streaming handler that writes (context.write) instead of yielding. Everything else is delegated."""
 
-    def __init__(self, context: grpc.aio.ServicerContext, on_sent: Callable[[Any], None]) -> None:
+    def __init__(self, context: grpc.aio.ServicerContext[Any, Any], on_sent: Callable[[Any], None]) -> None:
         self._context = context
         self._on_sent = on_sent
 
@@ -152,7 +154,7 @@ class ObservedWrites:
         return getattr(self._context, name)
 
 
-def final_code(exc: BaseException | None, context: grpc.aio.ServicerContext) -> grpc.StatusCode:
+def final_code(exc: BaseException | None, context: grpc.aio.ServicerContext[Any, Any]) -> grpc.StatusCode:
     """The status the client sees when the handler returned (exc None) or raised `exc`.
 
     grpc.aio has no hook for the final status, so it is read back: abort() records its code on the

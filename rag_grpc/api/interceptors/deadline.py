@@ -22,7 +22,7 @@ class DeadlineCeilingInterceptor(AroundCallInterceptor):
         return method.startswith("/rag_grpc.")
 
     async def around_call(
-        self, behavior: Behavior, request: Any, context: grpc.aio.ServicerContext, method: str
+        self, behavior: Behavior, request: Any, context: grpc.aio.ServicerContext[Any, Any], method: str
     ) -> Any:
         if context.time_remaining() is not None:
             return await behavior(request, context)

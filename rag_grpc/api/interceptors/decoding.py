@@ -9,7 +9,7 @@ mapping turns it into a status like every other bad input. It must sit inside Er
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -43,7 +43,7 @@ def _reject(field: str, request: UndecodableRequest) -> InvalidArgument:
     return InvalidArgument(field, f"could not be parsed: {request.problem}")
 
 
-async def _checked_stream(requests: AsyncIterator[Any]) -> AsyncIterator[Any]:
+async def _checked_stream(requests: AsyncIterator[Any]) -> AsyncGenerator[Any, None]:
     index = 0
     async for request in requests:
         if isinstance(request, UndecodableRequest):
@@ -67,12 +67,12 @@ class RequestDecodingInterceptor(AroundCallInterceptor):
         return _tolerant(deserializer)
 
     async def around_call(
-        self, behavior: Behavior, request: Any, context: grpc.aio.ServicerContext, method: str
+        self, behavior: Behavior, request: Any, context: grpc.aio.ServicerContext[Any, Any], method: str
     ) -> Any:
         return await behavior(_checked(request), context)
 
     async def around_stream(
-        self, behavior: Behavior, request: Any, context: grpc.aio.ServicerContext, method: str
-    ) -> AsyncIterator[Any]:
+        self, behavior: Behavior, request: Any, context: grpc.aio.ServicerContext[Any, Any], method: str
+    ) -> AsyncGenerator[Any, None]:
         async for message in behavior(_checked(request), context):
             yield message

@@ -4,7 +4,7 @@ UNAVAILABLE (go to another replica) while the calls already running finish."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncGenerator, Iterator
 from contextlib import contextmanager
 from typing import Any
 
@@ -48,14 +48,14 @@ class DrainInterceptor(AroundCallInterceptor):
                 self._idle.set()
 
     async def around_call(
-        self, behavior: Behavior, request: Any, context: grpc.aio.ServicerContext, method: str
+        self, behavior: Behavior, request: Any, context: grpc.aio.ServicerContext[Any, Any], method: str
     ) -> Any:
         with self._tracked():
             return await behavior(request, context)
 
     async def around_stream(
-        self, behavior: Behavior, request: Any, context: grpc.aio.ServicerContext, method: str
-    ) -> AsyncIterator[Any]:
+        self, behavior: Behavior, request: Any, context: grpc.aio.ServicerContext[Any, Any], method: str
+    ) -> AsyncGenerator[Any, None]:
         with self._tracked():
             async for message in behavior(request, context):
                 yield message

@@ -5,7 +5,7 @@ It sits innermost in the chain so that the interceptors outside it see final sta
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from contextlib import aclosing
 from typing import Any, NoReturn
 
@@ -20,7 +20,7 @@ log = structlog.get_logger(__name__)
 
 class ErrorMappingInterceptor(AroundCallInterceptor):
     async def around_call(
-        self, behavior: Behavior, request: Any, context: grpc.aio.ServicerContext, method: RpcMethod
+        self, behavior: Behavior, request: Any, context: grpc.aio.ServicerContext[Any, Any], method: RpcMethod
     ) -> Any:
         try:
             return await behavior(request, context)
@@ -30,8 +30,8 @@ class ErrorMappingInterceptor(AroundCallInterceptor):
             await self._abort(exc, context, method)
 
     async def around_stream(
-        self, behavior: Behavior, request: Any, context: grpc.aio.ServicerContext, method: RpcMethod
-    ) -> AsyncIterator[Any]:
+        self, behavior: Behavior, request: Any, context: grpc.aio.ServicerContext[Any, Any], method: RpcMethod
+    ) -> AsyncGenerator[Any, None]:
         try:
             async with aclosing(behavior(request, context)) as messages:
                 async for message in messages:
@@ -42,7 +42,7 @@ class ErrorMappingInterceptor(AroundCallInterceptor):
             await self._abort(exc, context, method)
 
     @staticmethod
-    async def _abort(exc: Exception, context: grpc.aio.ServicerContext, method: str) -> NoReturn:
+    async def _abort(exc: Exception, context: grpc.aio.ServicerContext[Any, Any], method: str) -> NoReturn:
         if call_gone(exc):
             # The client left while we wrote: there is nobody to send a status to, and nothing to report.
             raise exc

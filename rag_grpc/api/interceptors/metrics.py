@@ -8,7 +8,7 @@ caller saw (an operator needs the rate of UNAUTHENTICATED and RESOURCE_EXHAUSTED
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 from contextlib import aclosing
 from dataclasses import dataclass
 from typing import Any
@@ -71,7 +71,7 @@ class MetricsInterceptor(AroundCallInterceptor):
         return request
 
     async def around_call(
-        self, behavior: Behavior, request: Any, context: grpc.aio.ServicerContext, method: RpcMethod
+        self, behavior: Behavior, request: Any, context: grpc.aio.ServicerContext[Any, Any], method: RpcMethod
     ) -> Any:
         m = self._for(method)
         m.started.inc()
@@ -92,8 +92,8 @@ class MetricsInterceptor(AroundCallInterceptor):
         return response
 
     async def around_stream(
-        self, behavior: Behavior, request: Any, context: grpc.aio.ServicerContext, method: RpcMethod
-    ) -> AsyncIterator[Any]:
+        self, behavior: Behavior, request: Any, context: grpc.aio.ServicerContext[Any, Any], method: RpcMethod
+    ) -> AsyncGenerator[Any, None]:
         m = self._for(method)
         m.started.inc()
         started = time.perf_counter()
@@ -110,7 +110,7 @@ class MetricsInterceptor(AroundCallInterceptor):
         self._finish(method, m, started, final_code(None, context))
 
 
-async def _counted(requests: AsyncIterator[Any], received: Counter) -> AsyncIterator[Any]:
+async def _counted(requests: AsyncIterator[Any], received: Counter) -> AsyncGenerator[Any, None]:
     async for request in requests:
         received.inc()
         yield request

@@ -6,7 +6,7 @@ client-streaming calls (Ingest) each message is priced as it arrives; the call c
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 from contextlib import aclosing
 from typing import Any
 
@@ -30,7 +30,7 @@ class RateLimitInterceptor(AroundCallInterceptor):
         return self._limiter.rule_for(method) is not None
 
     async def _charge(
-        self, context: grpc.aio.ServicerContext, method: RpcMethod, request: Any, requests: int
+        self, context: grpc.aio.ServicerContext[Any, Any], method: RpcMethod, request: Any, requests: int
     ) -> None:
         caller = current_caller().name
         tokens = request_tokens(request, self._default_max_tokens)
@@ -40,8 +40,8 @@ class RateLimitInterceptor(AroundCallInterceptor):
             await status.abort(context, refusal.error)
 
     async def _charged_messages(
-        self, requests: AsyncIterator[Any], context: grpc.aio.ServicerContext, method: RpcMethod
-    ) -> AsyncIterator[Any]:
+        self, requests: AsyncIterator[Any], context: grpc.aio.ServicerContext[Any, Any], method: RpcMethod
+    ) -> AsyncGenerator[Any, None]:
         first = True
         async for request in requests:
             await self._charge(context, method, request, requests=1 if first else 0)
@@ -49,7 +49,7 @@ class RateLimitInterceptor(AroundCallInterceptor):
             yield request
 
     async def around_call(
-        self, behavior: Behavior, request: Any, context: grpc.aio.ServicerContext, method: RpcMethod
+        self, behavior: Behavior, request: Any, context: grpc.aio.ServicerContext[Any, Any], method: RpcMethod
     ) -> Any:
         if method.request_streaming:
             request = self._charged_messages(request, context, method)
@@ -58,8 +58,8 @@ class RateLimitInterceptor(AroundCallInterceptor):
         return await behavior(request, context)
 
     async def around_stream(
-        self, behavior: Behavior, request: Any, context: grpc.aio.ServicerContext, method: RpcMethod
-    ) -> AsyncIterator[Any]:
+        self, behavior: Behavior, request: Any, context: grpc.aio.ServicerContext[Any, Any], method: RpcMethod
+    ) -> AsyncGenerator[Any, None]:
         if method.request_streaming:
             request = self._charged_messages(request, context, method)
         else:

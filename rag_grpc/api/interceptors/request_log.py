@@ -16,9 +16,9 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from contextlib import aclosing
-from typing import Any
+from typing import Any, cast
 
 import grpc
 import structlog
@@ -45,10 +45,20 @@ _SERVER_ERRORS = frozenset({grpc.StatusCode.INTERNAL, grpc.StatusCode.UNKNOWN, g
 
 def _request_id(metadata: Any) -> str:
     for key, value in metadata or ():
-        if key == REQUEST_ID_KEY and isinstance(value, str) and 0 < len(value) <= MAX_REQUEST_ID_CHARS:
-            if value.isascii() and value.isprintable() and " " not in value:
-                return value
+        if key == REQUEST_ID_KEY and _sane(value):
+            return str(value)
     return uuid.uuid4().hex
+
+
+def _sane(value: object) -> bool:
+    """1..128 printable ASCII characters without spaces: safe to log, to echo and to hand to engines."""
+    return (
+        isinstance(value, str)
+        and 0 < len(value) <= MAX_REQUEST_ID_CHARS
+        and value.isascii()
+        and value.isprintable()
+        and " " not in value
+    )
 
 
 def _usage(message: Any) -> dict[str, int]:
@@ -74,7 +84,7 @@ class RequestLogInterceptor(AroundCallInterceptor):
         self._in_flight.add(candidate)
         return candidate
 
-    async def _begin(self, context: grpc.aio.ServicerContext, method: RpcMethod) -> str:
+    async def _begin(self, context: grpc.aio.ServicerContext[Any, Any], method: RpcMethod) -> str:
         request_id = self._unique(_request_id(context.invocation_metadata()))
         begin_call(request_id)
         structlog.contextvars.bind_contextvars(request_id=request_id)
@@ -89,7 +99,7 @@ class RequestLogInterceptor(AroundCallInterceptor):
         self,
         method: RpcMethod,
         request: Any,
-        context: grpc.aio.ServicerContext,
+        context: grpc.aio.ServicerContext[Any, Any],
         started: float,
         exc: BaseException | None,
         last_message: Any,
@@ -118,7 +128,7 @@ class RequestLogInterceptor(AroundCallInterceptor):
             log.info("rpc", **fields)
 
     async def around_call(
-        self, behavior: Behavior, request: Any, context: grpc.aio.ServicerContext, method: RpcMethod
+        self, behavior: Behavior, request: Any, context: grpc.aio.ServicerContext[Any, Any], method: RpcMethod
     ) -> Any:
         started = time.perf_counter()
         request_id = await self._begin(context, method)
@@ -131,7 +141,7 @@ class RequestLogInterceptor(AroundCallInterceptor):
         self,
         behavior: Behavior,
         request: Any,
-        context: grpc.aio.ServicerContext,
+        context: grpc.aio.ServicerContext[Any, Any],
         method: RpcMethod,
         started: float,
     ) -> Any:
@@ -151,7 +161,9 @@ class RequestLogInterceptor(AroundCallInterceptor):
             written[1] += 1
 
         try:
-            response = await behavior(request, ObservedWrites(context, sent))
+            # ObservedWrites stands in for the context: it delegates everything but write().
+            observed = cast("grpc.aio.ServicerContext[Any, Any]", ObservedWrites(context, sent))
+            response = await behavior(request, observed)
         except BaseException as exc:
             self._log(method, request, context, started, exc, written[0], written[1])
             raise
@@ -159,8 +171,8 @@ class RequestLogInterceptor(AroundCallInterceptor):
         return response
 
     async def around_stream(
-        self, behavior: Behavior, request: Any, context: grpc.aio.ServicerContext, method: RpcMethod
-    ) -> AsyncIterator[Any]:
+        self, behavior: Behavior, request: Any, context: grpc.aio.ServicerContext[Any, Any], method: RpcMethod
+    ) -> AsyncGenerator[Any, None]:
         started = time.perf_counter()
         request_id = await self._begin(context, method)
         last, sent = None, 0
