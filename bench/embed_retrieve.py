@@ -236,7 +236,7 @@ async def serving(**overrides: Any) -> AsyncIterator[tuple[str, Any]]:
     settings = Settings(  # type: ignore[call-arg]
         _env_file=None, port=0, cache_backend="none", log_level="warning", **overrides
     )
-    configure_logging(settings.log_level, settings.log_json)
+    configure_logging(settings.observability.log_level, settings.observability.log_json)
     async with open_engines(settings, with_generator=False) as engines:
         server = RagServer(settings, RagService(engines, settings))
         port = await server.start()

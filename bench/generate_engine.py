@@ -210,7 +210,7 @@ async def bench_generate_engine(
     from rag_grpc.settings import Settings
 
     settings = Settings(_env_file=None, generator_backend="transformers", generator_device="cpu")  # type: ignore[call-arg]
-    settings = settings.model_copy(update={"generator_max_batch_size": max(batch_sizes)})
+    settings = settings.with_overrides(max_concurrent_generations=max(batch_sizes))
     generator = await build_generator(settings)
     assert isinstance(generator, TransformersGenerator)
     deadline = time.monotonic() + max_seconds

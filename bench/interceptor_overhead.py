@@ -64,7 +64,7 @@ async def _serve(conn: Connection, redis_url: str | None) -> None:
         limiters = []
         for name, overrides in variants.items():
             settings = Settings(_env_file=None, host="127.0.0.1", port=0, **overrides)  # type: ignore[call-arg]
-            limiter = build_rate_limiter(settings)
+            limiter = build_rate_limiter(settings.limits)
             limiters.append(limiter)
             chain = build_interceptors(settings, GrpcMetrics(CollectorRegistry()), limiter)
             servers[name] = RagServer(settings, service, chain)

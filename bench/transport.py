@@ -73,7 +73,7 @@ async def _messages_per_s(target: str, streams: int, tokens: int, duration_s: fl
 
 
 async def bench_transport(settings: Settings | None = None, duration_s: float = 5.0) -> dict[str, Any]:
-    settings = (settings or Settings(_env_file=None)).model_copy(update={"port": 0, "log_level": "warning"})  # type: ignore[call-arg]
+    settings = (settings or Settings(_env_file=None)).with_overrides(port=0, log_level="warning")  # type: ignore[call-arg]
     async with open_engines(settings, with_generator=False) as engines:
         instant = Engines(engines.embedder, engines.vector_store, {"instant": InstantGenerator()})
         server = RagServer(settings, RagService(instant, settings))

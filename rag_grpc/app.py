@@ -57,7 +57,7 @@ def build_server(
     rag_generate_running/waiting), next to the rate limits' refusals.
     """
     grpc_metrics = GrpcMetrics(registry)
-    admission = Admission.for_generations(settings, on_refused=grpc_metrics.count_refusal)
+    admission = Admission.for_generations(settings.limits, on_refused=grpc_metrics.count_refusal)
     grpc_metrics.watch_admission(admission)
     service_metrics = service_metrics if service_metrics is not None else ServiceMetrics(registry)
     service = RagService(engines, settings, cache, service_metrics, admission)
@@ -85,11 +85,11 @@ async def serve(settings: Settings) -> None:
     registry = CollectorRegistry()
     service_metrics = ServiceMetrics(registry)
     stats = MeteredStats.into(service_metrics)
-    limiter = build_rate_limiter(settings)
+    limiter = build_rate_limiter(settings.limits)
     try:
         async with (
             open_engines(settings, embed_stats=stats.embed, search_stats=stats.search) as engines,
-            open_result_cache(settings, stats.cache) as cache,
+            open_result_cache(settings.cache, stats.cache) as cache,
         ):
             server = build_server(
                 settings,
@@ -99,17 +99,17 @@ async def serve(settings: Settings) -> None:
                 cache=cache,
                 limiter=limiter,
             )
-            if settings.demo_corpus:
+            if settings.server.demo_corpus:
                 await load_demo_corpus(server.service)
             port = await server.start()
-            if settings.port_file is not None:
-                write_port_file(settings.port_file, port)
+            if settings.server.port_file is not None:
+                write_port_file(settings.server.port_file, port)
             await stop.wait()
-            log.info("shutting_down", grace_s=settings.shutdown_grace_s)
+            log.info("shutting_down", grace_s=settings.server.shutdown_grace_s)
             # A second signal skips the grace period.
             for sig in (signal.SIGTERM, signal.SIGINT):
                 loop.add_signal_handler(sig, lambda: asyncio.ensure_future(server.stop(0)))
-            await server.stop(settings.shutdown_grace_s)
+            await server.stop(settings.server.shutdown_grace_s)
     finally:
         if limiter is not None:
             await limiter.aclose()

@@ -1,5 +1,6 @@
-"""`rag-grpc serve`, `rag-grpc ingest` and `rag-grpc snapshot`. Serve options are generated from
-Settings, so the CLI can only override settings, never add meaning of its own."""
+"""`rag-grpc serve`, `rag-grpc ingest` and `rag-grpc snapshot`. Serve options are generated from the
+fields of every settings group, under their flat names, so the CLI can only override settings, never
+add meaning of its own."""
 
 from __future__ import annotations
 
@@ -11,11 +12,11 @@ from itertools import islice
 from pathlib import Path
 from typing import Any
 
-from rag_grpc.settings import Settings
+from rag_grpc.settings import Settings, setting_fields
 
 
 def _add_settings_options(parser: argparse.ArgumentParser) -> None:
-    for name, field in Settings.model_fields.items():
+    for _, name, field in setting_fields():
         flag = "--" + name.replace("_", "-")
         if field.annotation is bool:
             parser.add_argument(
@@ -26,10 +27,8 @@ def _add_settings_options(parser: argparse.ArgumentParser) -> None:
 
 
 def settings_from_args(args: argparse.Namespace) -> Settings:
-    overrides = {
-        name: getattr(args, name) for name in Settings.model_fields if getattr(args, name, None) is not None
-    }
-    return Settings(**overrides)
+    given = ((name, getattr(args, name, None)) for _, name, _ in setting_fields())
+    return Settings(**{name: value for name, value in given if value is not None})
 
 
 def _client_channel(target: str, tls_ca_file: Path | None) -> Any:
@@ -126,7 +125,7 @@ async def _snapshot(target: str, api_key_file: Path | None = None, tls_ca_file: 
     return 0
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="rag-grpc", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
     serve = commands.add_parser("serve", help="run the gRPC server (options override RAG_GRPC_* settings)")
@@ -146,6 +145,11 @@ def main(argv: list[str] | None = None) -> int:
         "snapshot", help="ask a running server (with a data_dir) to snapshot its index now"
     )
     _add_client_options(snapshot)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
     args = parser.parse_args(argv)
 
     if args.command == "new-api-key":
@@ -163,7 +167,7 @@ def main(argv: list[str] | None = None) -> int:
 
         settings = settings_from_args(args)
         # Before grpc and the model libraries are imported: some of their switches are read at import.
-        configure_logging(settings.log_level, settings.log_json)
+        configure_logging(settings.observability.log_level, settings.observability.log_json)
         from rag_grpc.app import serve as run_server
 
         asyncio.run(run_server(settings))

@@ -1,16 +1,43 @@
 """All configuration, read once in main() and passed down by constructor.
 
-Every field can be set with an environment variable `RAG_GRPC_<FIELD>` (or in a `.env` file), and
-`rag-grpc serve --<field>` overrides it. Nothing else in the package reads the environment.
+Settings come in groups, one model each, and a component is given the group it needs:
+
+| `Settings.` attribute | model                   | what it configures                                             |
+|-----------------------|-------------------------|----------------------------------------------------------------|
+| `server`              | `ServerSettings`        | listening address, gRPC message size, start-up and shutdown,   |
+|                       |                         | the health service's check interval                            |
+| `engines`             | `EngineSettings`        | embedder, vector store and generator: backends, models,        |
+|                       |                         | devices, and the micro-batchers in front of them               |
+| `limits`              | `LimitSettings`         | everything that bounds a call: request limits, deadline        |
+|                       |                         | ceiling, streaming buffers and stall timeout, admission of     |
+|                       |                         | generations (and its deprecated aliases), rate limits          |
+| `cache`               | `CacheSettings`         | the embedding, retrieval and answer caches                     |
+| `security`            | `SecuritySettings`      | API keys and TLS                                               |
+| `durability`          | `DurabilitySettings`    | the write-ahead log and snapshots                              |
+| `observability`       | `ObservabilitySettings` | logs and the Prometheus endpoint                               |
+
+The grouping is internal. Every field's name is unique across all groups and is its public name: the
+environment variable `RAG_GRPC_<NAME>` (case-insensitive, also read from a `.env` file), the flag
+`rag-grpc serve --<name>` and the keyword `Settings(<name>=...)` all stay flat, so deployments never
+see a group. Precedence: keywords > environment > .env > defaults. Nothing else in the package reads
+the environment.
 """
 
 from __future__ import annotations
 
+import json
+from collections.abc import Iterator, Mapping
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal, Self, cast
 
 from pydantic import BaseModel, Field, SecretStr, field_validator, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic.fields import FieldInfo
+from pydantic_settings import (
+    BaseSettings,
+    EnvSettingsSource,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+)
 
 Device = Literal["auto", "cpu", "cuda"]
 
@@ -30,28 +57,32 @@ class RateLimitRule(BaseModel):
     )
 
 
-class Settings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="RAG_GRPC_", env_file=".env", extra="ignore")
-
-    # --- server
+class ServerSettings(BaseModel):
     host: str = Field("127.0.0.1", description="Address the gRPC server binds to.")
     port: int = Field(50051, ge=0, le=65535, description="gRPC port; 0 picks a free one.")
-    shutdown_grace_s: float = Field(
-        10.0, ge=0, description="Seconds in-flight calls may finish after SIGTERM before they are cancelled."
-    )
-    call_deadline_ceiling_s: float = Field(
-        600.0,
-        gt=0,
-        description="Deadline given to calls that set none; their work is stopped when it passes.",
-    )
     max_message_bytes: int = Field(
         32 * 1024 * 1024, ge=1024, description="Largest gRPC message accepted or sent, in bytes."
     )
+    shutdown_grace_s: float = Field(
+        10.0, ge=0, description="Seconds in-flight calls may finish after SIGTERM before they are cancelled."
+    )
+    health_check_interval_s: float = Field(
+        1.0,
+        gt=0,
+        description="Seconds between checks of the engines' health, which the gRPC health service reports.",
+    )
     demo_corpus: bool = Field(False, description="Load the bundled demo documents at start-up.")
-    log_level: str = Field("info", description="Log level: debug, info, warning or error.")
-    log_json: bool = Field(True, description="Write logs as JSON lines (else human-readable).")
+    port_file: Path | None = Field(
+        None,
+        description="Once serving, write the bound port to this file (for scripts and tests using port 0).",
+    )
 
-    # --- engines
+    @property
+    def address(self) -> str:
+        return f"{self.host}:{self.port}"
+
+
+class EngineSettings(BaseModel):
     embedder_backend: Literal["sentence-transformers"] = Field(
         "sentence-transformers", description="Embedding engine."
     )
@@ -94,36 +125,34 @@ class Settings(BaseSettings):
     )
     vllm_max_model_len: int | None = Field(None, ge=16, description="Context length cap for vLLM.")
 
-    # --- streaming
-    stream_buffer_events: int = Field(
-        256,
-        ge=1,
-        description="Generate events buffered per stream while the client reads; bounds memory per stream.",
-    )
-    stream_max_tokens_per_message: int = Field(
+    # --- micro-batching in front of the embedder and the index
+    embed_batch_max_size: int = Field(
         64,
         ge=1,
-        description="Most tokens coalesced into one delta message when the client reads slower than decoding.",
+        description="Most texts the embedding batcher puts in one model call (larger calls run alone).",
     )
-    stream_stall_timeout_s: float = Field(
-        30.0,
-        gt=0,
-        description="A Generate whose client accepts no message for this long is aborted and freed.",
+    embed_batch_max_wait_ms: float = Field(
+        10.0, ge=0, description="Longest a text waits for others to share its model batch, in milliseconds."
     )
-
-    # --- batched generation: kept for deployments that set them; the engine's batch is the admission capacity
-    generator_max_batch_size: int | None = Field(
-        None,
+    embed_queue_max_texts: int = Field(
+        4096,
         ge=1,
-        description="Deprecated alias of max_concurrent_generations (the transformers engine decodes that many "
-        "requests together); setting both to different values is an error.",
+        description="Texts that may wait for the embedder; beyond this calls fail at once with UNAVAILABLE.",
     )
-    generator_max_waiting_requests: int | None = Field(
-        None,
-        ge=0,
-        description="Deprecated alias of max_queued_generations; setting both to different values is an error.",
+    search_batch_max_size: int = Field(
+        64, ge=1, description="Most queries the search batcher puts in one index call."
+    )
+    search_batch_max_wait_ms: float = Field(
+        2.0, ge=0, description="Longest a query waits for others to share its index call, in milliseconds."
+    )
+    search_queue_max_queries: int = Field(
+        4096,
+        ge=1,
+        description="Queries that may wait for the index; beyond this calls fail at once with UNAVAILABLE.",
     )
 
+
+class LimitSettings(BaseModel):
     # --- request limits (violations answer INVALID_ARGUMENT naming the field)
     max_batch_texts: int = Field(256, ge=1, description="Most texts in one Embed call.")
     max_text_chars: int = Field(8192, ge=1, description="Longest single text or document, in characters.")
@@ -149,31 +178,107 @@ class Settings(BaseSettings):
     )
     max_messages: int = Field(64, ge=1, description="Most chat messages in one Generate.")
 
-    # --- throughput: micro-batching and caches
-    embed_batch_max_size: int = Field(
+    # --- time and memory a call may take
+    call_deadline_ceiling_s: float = Field(
+        600.0,
+        gt=0,
+        description="Deadline given to calls that set none; their work is stopped when it passes.",
+    )
+    stream_buffer_events: int = Field(
+        256,
+        ge=1,
+        description="Generate events buffered per stream while the client reads; bounds memory per stream.",
+    )
+    stream_max_tokens_per_message: int = Field(
         64,
         ge=1,
-        description="Most texts the embedding batcher puts in one model call (larger calls run alone).",
+        description="Most tokens coalesced into one delta message when the client reads slower than decoding.",
     )
-    embed_batch_max_wait_ms: float = Field(
-        10.0, ge=0, description="Longest a text waits for others to share its model batch, in milliseconds."
+    stream_stall_timeout_s: float = Field(
+        30.0,
+        gt=0,
+        description="A Generate whose client accepts no message for this long is aborted and freed.",
     )
-    embed_queue_max_texts: int = Field(
-        4096,
+
+    # --- admission of generations
+    max_concurrent_generations: int = Field(
+        16, ge=1, description="Generate calls running at once; more wait in a queue."
+    )
+    max_queued_generations: int = Field(
+        64,
+        ge=0,
+        description="Generate calls that may wait for a slot; beyond this the server answers UNAVAILABLE at once.",
+    )
+    max_generations_per_caller: int = Field(
+        0,
+        ge=0,
+        description="Generate calls one caller may have running or queued (0: no per-caller quota); "
+        "beyond it the caller gets RESOURCE_EXHAUSTED at once.",
+    )
+    # Kept for deployments that set them; the engine's batch is the admission capacity.
+    generator_max_batch_size: int | None = Field(
+        None,
         ge=1,
-        description="Texts that may wait for the embedder; beyond this calls fail at once with UNAVAILABLE.",
+        description="Deprecated alias of max_concurrent_generations (the transformers engine decodes that many "
+        "requests together); setting both to different values is an error.",
     )
-    search_batch_max_size: int = Field(
-        64, ge=1, description="Most queries the search batcher puts in one index call."
+    generator_max_waiting_requests: int | None = Field(
+        None,
+        ge=0,
+        description="Deprecated alias of max_queued_generations; setting both to different values is an error.",
     )
-    search_batch_max_wait_ms: float = Field(
-        2.0, ge=0, description="Longest a query waits for others to share its index call, in milliseconds."
+
+    # --- rate limiting
+    rate_limits: dict[str, RateLimitRule] = Field(
+        default_factory=dict,
+        description="JSON object from method to RateLimitRule: keys are a method name ('Generate'), a full "
+        "method ('/rag_grpc.v1.GenerateService/Generate'), a service ('rag_grpc.v1.EmbedService') or '*' "
+        "(the API's services; health and reflection only when named); the most specific key applies and "
+        "each caller gets its own buckets per method. Empty: no limits.",
     )
-    search_queue_max_queries: int = Field(
-        4096,
-        ge=1,
-        description="Queries that may wait for the index; beyond this calls fail at once with UNAVAILABLE.",
+    rate_limit_backend: Literal["memory", "redis"] = Field(
+        "memory",
+        description="Where buckets live: this process, or Redis so that every replica shares one limit.",
     )
+    # Secret: the URL may carry a password, so it stays out of reprs and logs.
+    rate_limit_redis_url: SecretStr = Field(
+        SecretStr("redis://127.0.0.1:6379/0"),
+        description="Redis for rate_limit_backend=redis (redis:// or rediss://).",
+    )
+    rate_limit_redis_timeout_s: float = Field(0.25, gt=0, description="Longest wait for Redis on one check.")
+    rate_limit_fail_open: bool = Field(
+        True,
+        description="When Redis cannot answer, let the call through (true) or refuse it with UNAVAILABLE (false).",
+    )
+    rate_limit_key_prefix: str = Field("rag-grpc:rl:", description="Prefix of the Redis keys of the buckets.")
+
+    @field_validator("rate_limits", mode="before")
+    @classmethod
+    def _rules_from_json(cls, value: object) -> object:
+        # The environment and the CLI hand over JSON text.
+        if isinstance(value, str):
+            return json.loads(value) if value.strip() else {}
+        return value
+
+    @model_validator(mode="after")
+    def _fold_generation_aliases(self) -> Self:
+        # One concept, one value: the deprecated engine-level names feed the admission settings.
+        pairs = (
+            ("generator_max_batch_size", "max_concurrent_generations"),
+            ("generator_max_waiting_requests", "max_queued_generations"),
+        )
+        for alias, name in pairs:
+            value = getattr(self, alias)
+            if value is None:
+                continue
+            if name in self.model_fields_set and getattr(self, name) != value:
+                raise ValueError(f"{alias} (deprecated) and {name} are both set, to different values")
+            # Not setattr: the folded value was not given by the caller, so it stays out of model_fields_set.
+            object.__setattr__(self, name, value)
+        return self
+
+
+class CacheSettings(BaseModel):
     cache_backend: Literal["none", "memory", "redis"] = Field(
         "memory", description="Where embeddings, retrieval results and deterministic answers are cached."
     )
@@ -212,7 +317,9 @@ class Settings(BaseSettings):
     cache_generation_max_entries: int = Field(
         2_000, ge=1, description="Generate answers the memory cache keeps."
     )
-    # --- interceptors: authentication and TLS
+
+
+class SecuritySettings(BaseModel):
     api_keys: SecretStr | None = Field(
         None,
         description="API keys as comma-separated 'name:role:key' entries (role: read-only or read-write). Only "
@@ -235,92 +342,16 @@ class Settings(BaseSettings):
         description="PEM CA bundle; when set, clients must present a certificate it signed (mutual TLS).",
     )
 
-    # --- interceptors: rate limiting and admission
-    rate_limits: dict[str, RateLimitRule] = Field(
-        default_factory=dict,
-        description="JSON object from method to RateLimitRule: keys are a method name ('Generate'), a full "
-        "method ('/rag_grpc.v1.GenerateService/Generate'), a service ('rag_grpc.v1.EmbedService') or '*' "
-        "(the API's services; health and reflection only when named); the most specific key applies and "
-        "each caller gets its own buckets per method. Empty: no limits.",
-    )
-    rate_limit_backend: Literal["memory", "redis"] = Field(
-        "memory",
-        description="Where buckets live: this process, or Redis so that every replica shares one limit.",
-    )
-    # Secret: the URL may carry a password, so it stays out of reprs and logs.
-    rate_limit_redis_url: SecretStr = Field(
-        SecretStr("redis://127.0.0.1:6379/0"),
-        description="Redis for rate_limit_backend=redis (redis:// or rediss://).",
-    )
-    rate_limit_redis_timeout_s: float = Field(0.25, gt=0, description="Longest wait for Redis on one check.")
-    rate_limit_fail_open: bool = Field(
-        True,
-        description="When Redis cannot answer, let the call through (true) or refuse it with UNAVAILABLE (false).",
-    )
-    rate_limit_key_prefix: str = Field("rag-grpc:rl:", description="Prefix of the Redis keys of the buckets.")
-    max_concurrent_generations: int = Field(
-        16, ge=1, description="Generate calls running at once; more wait in a queue."
-    )
-    max_queued_generations: int = Field(
-        64,
-        ge=0,
-        description="Generate calls that may wait for a slot; beyond this the server answers UNAVAILABLE at once.",
-    )
-    max_generations_per_caller: int = Field(
-        0,
-        ge=0,
-        description="Generate calls one caller may have running or queued (0: no per-caller quota); "
-        "beyond it the caller gets RESOURCE_EXHAUSTED at once.",
-    )
-
-    # --- interceptors: metrics and logging
-    metrics_port: int | None = Field(
-        None,
-        ge=0,
-        le=65535,
-        description="Port of the Prometheus /metrics HTTP endpoint; 0 or unset disables it.",
-    )
-    metrics_host: str = Field("127.0.0.1", description="Address the metrics endpoint binds to.")
-    log_payloads: bool = Field(
-        False,
-        description="Log request bodies (prompts, documents) in the per-call log line; for debugging only.",
-    )
-
-    @field_validator("rate_limits", mode="before")
-    @classmethod
-    def _rules_from_json(cls, value: object) -> object:
-        # The CLI hands over strings; the environment is parsed as JSON by pydantic-settings already.
-        if isinstance(value, str):
-            import json
-
-            return json.loads(value) if value.strip() else {}
-        return value
-
     @model_validator(mode="after")
-    def _fold_generation_aliases(self) -> Settings:
-        # One concept, one value: the deprecated engine-level names feed the admission settings.
-        pairs = (
-            ("generator_max_batch_size", "max_concurrent_generations"),
-            ("generator_max_waiting_requests", "max_queued_generations"),
-        )
-        for alias, name in pairs:
-            value = getattr(self, alias)
-            if value is None:
-                continue
-            if name in self.model_fields_set and getattr(self, name) != value:
-                raise ValueError(f"{alias} (deprecated) and {name} are both set, to different values")
-            object.__setattr__(self, name, value)
-        return self
-
-    @model_validator(mode="after")
-    def _tls_pair(self) -> Settings:
+    def _tls_pair(self) -> Self:
         if (self.tls_cert_file is None) != (self.tls_key_file is None):
             raise ValueError("tls_cert_file and tls_key_file must be set together")
         if self.tls_client_ca_file is not None and self.tls_cert_file is None:
             raise ValueError("tls_client_ca_file (mutual TLS) needs tls_cert_file and tls_key_file")
         return self
 
-    # --- durability (rag_grpc/storage)
+
+class DurabilitySettings(BaseModel):
     data_dir: Path | None = Field(
         None,
         description="Directory for the write-ahead log and snapshots of the index and documents; unset keeps "
@@ -337,15 +368,22 @@ class Settings(BaseSettings):
         description="Take a snapshot once the write-ahead log has grown by this many bytes, bounding replay at "
         "start-up; 0 disables.",
     )
-    health_check_interval_s: float = Field(
-        1.0,
-        gt=0,
-        description="Seconds between checks of the engines' health, which the gRPC health service reports.",
+
+
+class ObservabilitySettings(BaseModel):
+    log_level: str = Field("info", description="Log level: debug, info, warning or error.")
+    log_json: bool = Field(True, description="Write logs as JSON lines (else human-readable).")
+    log_payloads: bool = Field(
+        False,
+        description="Log request bodies (prompts, documents) in the per-call log line; for debugging only.",
     )
-    port_file: Path | None = Field(
+    metrics_port: int | None = Field(
         None,
-        description="Once serving, write the bound port to this file (for scripts and tests using port 0).",
+        ge=0,
+        le=65535,
+        description="Port of the Prometheus /metrics HTTP endpoint; 0 or unset disables it.",
     )
+    metrics_host: str = Field("127.0.0.1", description="Address the metrics endpoint binds to.")
 
     @field_validator("log_level")
     @classmethod
@@ -355,6 +393,119 @@ class Settings(BaseSettings):
             raise ValueError("log_level must be one of debug, info, warning, error")
         return level
 
-    @property
-    def address(self) -> str:
-        return f"{self.host}:{self.port}"
+
+class _FlatEnvSource(PydanticBaseSettingsSource):
+    """`RAG_GRPC_<field>` for every group field, from the variables that `loaded` read (the process
+    environment or the .env file), as {group: {field: text}}; the groups validate the text as the flat
+    settings did. Nested output, so that a group given whole as a keyword still wins over the environment
+    when the sources are merged."""
+
+    def __init__(self, settings_cls: type[BaseSettings], loaded: EnvSettingsSource) -> None:
+        super().__init__(settings_cls)
+        self._loaded = loaded
+
+    def get_field_value(self, field: FieldInfo, field_name: str) -> tuple[Any, str, bool]:
+        # Required by the base class; __call__ resolves every field itself.
+        raise NotImplementedError
+
+    def __call__(self) -> dict[str, Any]:
+        prefix, case_sensitive = self._loaded.env_prefix, self._loaded.case_sensitive
+        values: dict[str, dict[str, Any]] = {}
+        for group, name, _ in setting_fields():
+            variable = prefix + name if case_sensitive else (prefix + name).lower()
+            text = self._loaded.env_vars.get(variable)
+            if text is not None:
+                values.setdefault(group, {})[name] = text
+        return values
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="RAG_GRPC_", env_file=".env", extra="ignore")
+
+    # model_validate({}) rather than the class itself: without the pydantic mypy plugin, mypy takes
+    # `Field(default, ...)` fields for required constructor arguments.
+    server: ServerSettings = Field(default_factory=lambda: ServerSettings.model_validate({}))
+    engines: EngineSettings = Field(default_factory=lambda: EngineSettings.model_validate({}))
+    limits: LimitSettings = Field(default_factory=lambda: LimitSettings.model_validate({}))
+    cache: CacheSettings = Field(default_factory=lambda: CacheSettings.model_validate({}))
+    security: SecuritySettings = Field(default_factory=lambda: SecuritySettings.model_validate({}))
+    durability: DurabilitySettings = Field(default_factory=lambda: DurabilitySettings.model_validate({}))
+    observability: ObservabilitySettings = Field(
+        default_factory=lambda: ObservabilitySettings.model_validate({})
+    )
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # The built-in sources would look for RAG_GRPC_SERVER and the like; deployments use the flat names.
+        # No secrets_dir is configured, so the secrets source is left out.
+        assert isinstance(env_settings, EnvSettingsSource)
+        assert isinstance(dotenv_settings, EnvSettingsSource)
+        return (
+            init_settings,
+            _FlatEnvSource(settings_cls, env_settings),
+            _FlatEnvSource(settings_cls, dotenv_settings),
+        )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _group_flat_names(cls, data: Any) -> Any:
+        """Moves flat keywords (`Settings(cache_backend="none")`) into their group. At this point flat keys
+        came only from keywords, the highest precedence, so they win over their group's other inputs."""
+        if not isinstance(data, Mapping):
+            return data
+        grouped: dict[str, Any] = {key: value for key, value in data.items() if key not in _GROUP_OF}
+        for key, value in data.items():
+            group = _GROUP_OF.get(key)
+            if group is None:
+                continue
+            given = grouped.get(group)
+            if isinstance(given, BaseModel):
+                given = given.model_dump(exclude_unset=True)
+            # A copy: the caller's dict is not ours to change.
+            grouped[group] = {**(given or {}), key: value}
+        return grouped
+
+    def with_overrides(self, **flat: Any) -> Settings:
+        """A copy with some settings replaced, by flat name, validated as at start-up. The environment is
+        not read again: fields keep the values they have here."""
+        unknown = sorted(set(flat) - _GROUP_OF.keys())
+        if unknown:
+            raise ValueError(f"unknown settings: {', '.join(unknown)}")
+        update: dict[str, BaseModel] = {}
+        for group in {_GROUP_OF[name] for name in flat}:
+            current = cast(BaseModel, getattr(self, group))
+            # Only what was given: defaults stay defaults, and a folded deprecated alias is folded again.
+            given = current.model_dump(exclude_unset=True)
+            changes = {name: value for name, value in flat.items() if _GROUP_OF[name] == group}
+            update[group] = type(current).model_validate({**given, **changes})
+        return self.model_copy(update=update)
+
+
+def setting_fields() -> Iterator[tuple[str, str, FieldInfo]]:
+    """(group, flat name, field) of every setting, in declaration order."""
+    for group, group_field in Settings.model_fields.items():
+        model = cast(type[BaseModel], group_field.annotation)
+        for name, field in model.model_fields.items():
+            yield group, name, field
+
+
+def _group_of_each_name() -> dict[str, str]:
+    group_of: dict[str, str] = {}
+    for group, name, _ in setting_fields():
+        # The flat name is the public one (environment, flags, keywords), so it must say which group it is in.
+        if name in group_of:
+            raise TypeError(f"setting {name!r} is in both {group_of[name]!r} and {group!r}")
+        if name in Settings.model_fields:
+            raise TypeError(f"setting {name!r} has the name of a group")
+        group_of[name] = group
+    return group_of
+
+
+_GROUP_OF = _group_of_each_name()

@@ -35,8 +35,10 @@ def settings() -> Settings:
 
 @pytest.fixture(scope="session")
 def generator_model_dir(settings: Settings) -> Path:
-    source = resolve_generator_source(settings.generator_model)
-    return converted_model_dir(source, settings.model_cache_dir) if source.suffix == ".gguf" else source
+    source = resolve_generator_source(settings.engines.generator_model)
+    return (
+        converted_model_dir(source, settings.engines.model_cache_dir) if source.suffix == ".gguf" else source
+    )
 
 
 @pytest.fixture(scope="session")

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from rag_grpc.api.call_context import Caller, Role
-from rag_grpc.settings import Settings
+from rag_grpc.settings import SecuritySettings
 
 MIN_KEY_CHARS = 16
 # Bearer tokens (RFC 6750 b64token): longer ones are refused before any hashing.
@@ -77,7 +77,7 @@ class KeyRing:
         return found
 
     @classmethod
-    def from_settings(cls, settings: Settings) -> KeyRing:
+    def from_settings(cls, settings: SecuritySettings) -> KeyRing:
         keys: list[ApiKey] = []
         if settings.api_keys is not None:
             keys += _parse_inline(settings.api_keys.get_secret_value())

@@ -19,7 +19,7 @@ from rag_grpc.api.tls import server_credentials
 from rag_grpc.limits.rate_limiter import RateLimiter
 from rag_grpc.metrics import GrpcMetrics, MetricsHttpServer
 from rag_grpc.service import RagService
-from rag_grpc.settings import Settings
+from rag_grpc.settings import ServerSettings, Settings
 from rag_grpc.v1 import rag_pb2 as pb
 from rag_grpc.v1 import rag_pb2_grpc as pb_grpc
 
@@ -28,10 +28,10 @@ log = structlog.get_logger(__name__)
 SERVICE_NAMES = tuple(service.full_name for service in pb.DESCRIPTOR.services_by_name.values())
 
 
-def server_options(settings: Settings) -> list[tuple[str, int]]:
+def server_options(server: ServerSettings) -> list[tuple[str, int]]:
     return [
-        ("grpc.max_send_message_length", settings.max_message_bytes),
-        ("grpc.max_receive_message_length", settings.max_message_bytes),
+        ("grpc.max_send_message_length", server.max_message_bytes),
+        ("grpc.max_receive_message_length", server.max_message_bytes),
         # Generations can be quiet for a while between tokens; let clients keep the connection alive.
         ("grpc.keepalive_permit_without_calls", 1),
         ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
@@ -51,24 +51,25 @@ class RagServer:
         grpc_metrics: GrpcMetrics | None = None,
         limiter: RateLimiter | None = None,
     ) -> None:
-        """`metrics_registry` is served on settings.metrics_port while the server runs (if both are set);
+        """`metrics_registry` is served on metrics_port while the server runs (if both are set);
         `grpc_metrics` are recorded there (a private registry when not given). `limiter` enforces the rate
         limits (None: no limits); it is the caller's to close."""
         self._settings = settings
+        observability = settings.observability
         self.service = service
         self._metrics_http = (
-            MetricsHttpServer(metrics_registry, settings.metrics_host, settings.metrics_port)
-            if settings.metrics_port and metrics_registry is not None
+            MetricsHttpServer(metrics_registry, observability.metrics_host, observability.metrics_port)
+            if observability.metrics_port and metrics_registry is not None
             else None
         )
         self.health = health.aio.HealthServicer()
         self._health_monitor = HealthMonitor(
-            self.health, service.engine_health, settings.health_check_interval_s
+            self.health, service.engine_health, settings.server.health_check_interval_s
         )
         self._drain = DrainInterceptor()
         grpc_metrics = grpc_metrics if grpc_metrics is not None else GrpcMetrics(CollectorRegistry())
         chain = interceptor_chain(settings, grpc_metrics, limiter, self._drain)
-        self._server = grpc.aio.server(interceptors=chain, options=server_options(settings))
+        self._server = grpc.aio.server(interceptors=chain, options=server_options(settings.server))
         pb_grpc.add_EmbedServiceServicer_to_server(servicers.EmbedServicer(service), self._server)
         pb_grpc.add_RetrieveServiceServicer_to_server(servicers.RetrieveServicer(service), self._server)
         pb_grpc.add_GenerateServiceServicer_to_server(servicers.GenerateServicer(service), self._server)
@@ -83,22 +84,24 @@ class RagServer:
 
     async def start(self) -> int:
         """Binds, starts and reports SERVING; returns the bound port (useful with port 0)."""
-        credentials = server_credentials(self._settings)
+        credentials = server_credentials(self._settings.security)
         if credentials is None:
-            self.port = self._server.add_insecure_port(self._settings.address)
+            self.port = self._server.add_insecure_port(self._settings.server.address)
         else:
-            self.port = self._server.add_secure_port(self._settings.address, credentials)
+            self.port = self._server.add_secure_port(self._settings.server.address, credentials)
         if self.port == 0:
-            raise OSError(f"could not bind {self._settings.address}")
+            raise OSError(f"could not bind {self._settings.server.address}")
         if self._metrics_http is not None:
             self._metrics_http.start()
         await self._server.start()
         await self._health_monitor.update()
         self._health_monitor.start()
-        tls = "off" if credentials is None else "mutual" if self._settings.tls_client_ca_file else "on"
+        tls = (
+            "off" if credentials is None else "mutual" if self._settings.security.tls_client_ca_file else "on"
+        )
         log.info(
             "server_started",
-            address=f"{self._settings.host}:{self.port}",
+            address=f"{self._settings.server.host}:{self.port}",
             tls=tls,
             metrics_port=self.metrics_port or None,
         )

@@ -50,12 +50,12 @@ class RetrieveServicer(pb_grpc.RetrieveServiceServicer):
 class GenerateServicer(pb_grpc.GenerateServiceServicer):
     def __init__(self, service: RagService) -> None:
         self._service = service
-        settings = service.settings
+        limits = service.settings.limits
         self._limits = CoalescingLimits(
-            max_buffered_events=settings.stream_buffer_events,
-            max_tokens_per_message=settings.stream_max_tokens_per_message,
+            max_buffered_events=limits.stream_buffer_events,
+            max_tokens_per_message=limits.stream_max_tokens_per_message,
         )
-        self._stall_timeout_s = settings.stream_stall_timeout_s
+        self._stall_timeout_s = limits.stream_stall_timeout_s
 
     # A coroutine that writes, rather than an async generator that yields: only then can a write that
     # the client does not accept be noticed, and the generation behind it aborted.

@@ -4,17 +4,17 @@ from __future__ import annotations
 
 import grpc
 
-from rag_grpc.settings import Settings
+from rag_grpc.settings import SecuritySettings
 
 
-def server_credentials(settings: Settings) -> grpc.ServerCredentials | None:
+def server_credentials(security: SecuritySettings) -> grpc.ServerCredentials | None:
     """None means plaintext. With tls_client_ca_file, a client without a certificate signed by that CA
     fails the handshake (the call never reaches a handler)."""
-    if settings.tls_cert_file is None or settings.tls_key_file is None:
+    if security.tls_cert_file is None or security.tls_key_file is None:
         return None
-    client_ca = settings.tls_client_ca_file.read_bytes() if settings.tls_client_ca_file is not None else None
+    client_ca = security.tls_client_ca_file.read_bytes() if security.tls_client_ca_file is not None else None
     return grpc.ssl_server_credentials(
-        [(settings.tls_key_file.read_bytes(), settings.tls_cert_file.read_bytes())],
+        [(security.tls_key_file.read_bytes(), security.tls_cert_file.read_bytes())],
         root_certificates=client_ca,
         require_client_auth=client_ca is not None,
     )

@@ -17,7 +17,7 @@ from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 
 from rag_grpc.errors import ResourceExhausted, Unavailable
-from rag_grpc.settings import Settings
+from rag_grpc.settings import LimitSettings
 
 # Told of every refusal: (caller, reason) with reason "caller_quota", "queue_full" or "draining".
 RefusalHook = Callable[[str, str], None]
@@ -45,11 +45,11 @@ class Admission:
         self._draining = False
 
     @classmethod
-    def for_generations(cls, settings: Settings, on_refused: RefusalHook | None = None) -> Admission:
+    def for_generations(cls, limits: LimitSettings, on_refused: RefusalHook | None = None) -> Admission:
         return cls(
-            settings.max_concurrent_generations,
-            settings.max_queued_generations,
-            settings.max_generations_per_caller,
+            limits.max_concurrent_generations,
+            limits.max_queued_generations,
+            limits.max_generations_per_caller,
             what="generations",
             on_refused=on_refused,
         )

@@ -12,7 +12,7 @@ import structlog
 
 from rag_grpc.errors import RagError, ResourceExhausted, Unavailable
 from rag_grpc.limits.buckets import BucketStore, Charge, MemoryBuckets
-from rag_grpc.settings import RateLimitRule, Settings
+from rag_grpc.settings import LimitSettings, RateLimitRule
 
 log = structlog.get_logger(__name__)
 
@@ -122,19 +122,17 @@ class RateLimiter:
         await self._store.aclose()
 
 
-def build_rate_limiter(settings: Settings) -> RateLimiter | None:
+def build_rate_limiter(limits: LimitSettings) -> RateLimiter | None:
     """The limiter the settings ask for, or None without rules. Close it with `aclose`."""
-    if not settings.rate_limits:
+    if not limits.rate_limits:
         return None
     store: BucketStore
-    if settings.rate_limit_backend == "redis":
+    if limits.rate_limit_backend == "redis":
         from rag_grpc.limits.redis_buckets import RedisBuckets
 
         store = RedisBuckets(
-            settings.rate_limit_redis_url.get_secret_value(), settings.rate_limit_redis_timeout_s
+            limits.rate_limit_redis_url.get_secret_value(), limits.rate_limit_redis_timeout_s
         )
     else:
         store = MemoryBuckets()
-    return RateLimiter(
-        settings.rate_limits, store, settings.rate_limit_key_prefix, settings.rate_limit_fail_open
-    )
+    return RateLimiter(limits.rate_limits, store, limits.rate_limit_key_prefix, limits.rate_limit_fail_open)

@@ -22,7 +22,7 @@ from aiocache import RedisCache, SimpleMemoryCache
 from aiocache.base import BaseCache
 from aiocache.serializers import NullSerializer
 
-from rag_grpc.settings import Settings
+from rag_grpc.settings import CacheSettings
 
 log = structlog.get_logger(__name__)
 
@@ -181,7 +181,7 @@ def redis_options(url: str) -> dict[str, object]:
     return options
 
 
-def build_result_cache(settings: Settings, stats: CacheStats | None = None) -> ResultCache:
+def build_result_cache(settings: CacheSettings, stats: CacheStats | None = None) -> ResultCache:
     """The cache the settings describe; kinds whose TTL is 0 are left out (always miss)."""
     limits = {
         CacheKind.EMBEDDING: (settings.cache_embedding_ttl_s, settings.cache_embedding_max_entries),
@@ -210,7 +210,7 @@ def build_result_cache(settings: Settings, stats: CacheStats | None = None) -> R
 
 @asynccontextmanager
 async def open_result_cache(
-    settings: Settings, stats: CacheStats | None = None
+    settings: CacheSettings, stats: CacheStats | None = None
 ) -> AsyncIterator[ResultCache]:
     cache = build_result_cache(settings, stats)
     try:

@@ -107,11 +107,11 @@ class RagService:
         self.engines = engines
         self.settings = settings
         self.cache = cache or ResultCache.disabled()
-        self.admission = admission or Admission.for_generations(settings)
+        self.admission = admission or Admission.for_generations(settings.limits)
         # Without a registry of its own the metrics are recorded where nobody scrapes them.
         self.metrics = metrics if metrics is not None else ServiceMetrics()
         self.metrics.watch_index(lambda: engines.vector_store.size)
-        self._validate = Validator(settings)
+        self._validate = Validator(settings.limits)
         # Cached retrieval results are valid for this process's index only (see cache_entries.py).
         self._index_identity = uuid.uuid4().hex
 
@@ -119,7 +119,7 @@ class RagService:
         return IndexState(self._index_identity, version)
 
     def info(self) -> ServiceInfo:
-        embedder, store, s = self.engines.embedder, self.engines.vector_store, self.settings
+        embedder, store, s = self.engines.embedder, self.engines.vector_store, self.settings.limits
         return ServiceInfo(
             version=__version__,
             embedder=EmbedderDescription(embedder.info, embedder.dimension, embedder.max_input_tokens),
@@ -368,7 +368,7 @@ class RagService:
                 answer.retrieval_ms = _ms_since(answer.started)
                 yield SourcesEvent(hits=result.hits, index_version=result.index_version)
                 messages = grounded_messages(
-                    messages, result.hits, generator.control_tokens, self.settings.max_grounding_chars
+                    messages, result.hits, generator.control_tokens, self.settings.limits.max_grounding_chars
                 )
             engine_request = GenerationRequest(
                 request_id=context.request_id, messages=messages, sampling=sampling

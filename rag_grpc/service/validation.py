@@ -19,7 +19,7 @@ from rag_grpc.domain import (
     SamplingOptions,
 )
 from rag_grpc.errors import InvalidArgument
-from rag_grpc.settings import Settings
+from rag_grpc.settings import LimitSettings
 
 CHAT_ROLES = frozenset({"system", "user", "assistant"})
 # Temperatures below this decode greedily in all but name, and dividing float32 logits by them
@@ -28,8 +28,8 @@ GREEDY_BELOW_TEMPERATURE = 1e-5
 
 
 class Validator:
-    def __init__(self, settings: Settings) -> None:
-        self._s = settings
+    def __init__(self, limits: LimitSettings) -> None:
+        self._s = limits
 
     def text(self, field: str, text: str, limit: int | None = None) -> str:
         limit = limit or self._s.max_text_chars

@@ -12,7 +12,7 @@ from rag_grpc.settings import Settings
 from rag_grpc.v1 import rag_pb2 as pb
 
 T = TypeVar("T")
-LIMITS = Settings(_env_file=None)  # type: ignore[call-arg]
+LIMITS = Settings(_env_file=None).limits  # type: ignore[call-arg]
 DIMENSION = 384
 
 # Anything protobuf can carry in a string field (valid UTF-8, so no lone surrogates: see the raw-bytes tests).

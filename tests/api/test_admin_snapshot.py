@@ -45,7 +45,7 @@ async def durable_target(engines: Engines, settings: Settings, tmp_path: Path) -
     """A second server sharing the session's models, with its index in tmp_path/data, stacked as the
     factory stacks it: the search batcher around the durable store (snapshot() passes through it)."""
     durable = _durable(tmp_path / "data", engines.embedder.dimension)
-    async with durable, with_search_batching(settings, durable) as store:
+    async with durable, with_search_batching(settings.engines, durable) as store:
         service = RagService(Engines(engines.embedder, store, engines.generators), settings)
         server = RagServer(settings, service)
         port = await server.start()

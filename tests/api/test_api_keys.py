@@ -19,7 +19,7 @@ KEY_B = "another-fine-key-abcdefghijklmn"
 
 
 def _ring(**values: object) -> KeyRing:
-    return KeyRing.from_settings(Settings(_env_file=None, **values))  # type: ignore[arg-type]
+    return KeyRing.from_settings(Settings(_env_file=None, **values).security)  # type: ignore[arg-type]
 
 
 def test_inline_and_file_keys_together(tmp_path: Path) -> None:
@@ -73,7 +73,7 @@ def test_bad_key_file_lines_name_the_line(tmp_path: Path, line: str, message: st
 
 def test_settings_never_print_inline_keys() -> None:
     settings = Settings(_env_file=None, api_keys=f"svc:read-write:{KEY_A}")  # type: ignore[call-arg]
-    assert isinstance(settings.api_keys, SecretStr)
+    assert isinstance(settings.security.api_keys, SecretStr)
     assert KEY_A not in repr(settings) and KEY_A not in str(settings.model_dump())
 
 

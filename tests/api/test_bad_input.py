@@ -7,13 +7,13 @@ from collections.abc import Callable
 import grpc
 import pytest
 
-from rag_grpc.settings import Settings
+from rag_grpc.settings import LimitSettings
 from rag_grpc.v1 import rag_pb2 as pb
 from tests.conftest import Stubs
 from tests.helpers import collect, doc, expect_status
 
 INVALID = grpc.StatusCode.INVALID_ARGUMENT
-LONG = "x" * (Settings.model_fields["max_text_chars"].default + 1)
+LONG = "x" * (LimitSettings.model_fields["max_text_chars"].default + 1)
 
 
 def _gen(**sampling: object) -> pb.GenerateRequest:

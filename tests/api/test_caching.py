@@ -42,9 +42,9 @@ async def cached(
     }
     if request.param == "redis":
         overrides["cache_redis_url"] = SecretStr(request.getfixturevalue("redis_url"))
-    cache_settings = settings.model_copy(update=overrides)
+    cache_settings = settings.with_overrides(**overrides)
     stats = CacheStats()
-    async with open_result_cache(cache_settings, stats) as cache:
+    async with open_result_cache(cache_settings.cache, stats) as cache:
         server = RagServer(cache_settings, RagService(engines, cache_settings, cache))
         await server.start()
         try:
@@ -249,8 +249,8 @@ async def test_replayed_events_are_the_original_events_one_for_one(
     engines: Engines, settings: Settings, isolated_tag: str
 ) -> None:
     """Below the transport (which may coalesce deltas), a replay is the original stream, event for event."""
-    cache_settings = settings.model_copy(update={"cache_backend": "memory"})
-    async with open_result_cache(cache_settings) as cache:
+    cache_settings = settings.with_overrides(cache_backend="memory")
+    async with open_result_cache(cache_settings.cache) as cache:
         service = RagService(engines, cache_settings, cache)
         await service.upsert(
             [Document(id=f"{isolated_tag}-fact", text="Otters hold hands.", metadata={"test": isolated_tag})]

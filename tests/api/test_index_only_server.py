@@ -42,4 +42,4 @@ async def test_generate_is_refused_and_the_rest_works(index_only: Stubs) -> None
 
 
 def test_the_setting_accepts_none() -> None:
-    assert Settings(_env_file=None, generator_backend="none").generator_backend == "none"  # type: ignore[call-arg]
+    assert Settings(_env_file=None, generator_backend="none").engines.generator_backend == "none"  # type: ignore[call-arg]

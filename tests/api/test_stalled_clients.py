@@ -9,7 +9,7 @@ import sys
 import time
 
 from rag_grpc.engines import Engines
-from rag_grpc.settings import Settings
+from rag_grpc.settings import LimitSettings, Settings
 from rag_grpc.v1 import rag_pb2 as pb
 from tests.api.interceptors.conftest import serving
 from tests.helpers import collect
@@ -47,8 +47,8 @@ async def test_stalled_clients_free_their_slots_and_a_new_caller_streams(
     async with serving(
         engines, settings, stream_stall_timeout_s=stall_s, stream_buffer_events=4, max_grounding_chars=300
     ) as s:
-        capacity = s.settings.max_concurrent_generations
-        assert capacity == Settings.model_fields["max_concurrent_generations"].default
+        capacity = s.settings.limits.max_concurrent_generations
+        assert capacity == LimitSettings.model_fields["max_concurrent_generations"].default
         documents = [
             pb.Document(id=f"{isolated_tag}-{i}", text=f"filler {i} " * 800, metadata={"test": isolated_tag})
             for i in range(40)

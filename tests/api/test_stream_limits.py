@@ -33,7 +33,7 @@ time.sleep(600)  # never reads: with no read pending, the client grants only a s
 
 
 async def _server_with(engines: Engines, settings: Settings, **limits: float) -> RagServer:
-    strict = settings.model_copy(update=limits)
+    strict = settings.with_overrides(**limits)
     server = RagServer(strict, RagService(engines, strict))
     await server.start()
     return server

@@ -9,7 +9,7 @@ from rag_grpc.settings import Settings
 
 def _tokenizer():  # type: ignore[no-untyped-def]
     model_dir = converted_model_dir(
-        resolve_generator_source(BUNDLED_GENERATOR), Settings(_env_file=None).model_cache_dir
+        resolve_generator_source(BUNDLED_GENERATOR), Settings(_env_file=None).engines.model_cache_dir
     )  # type: ignore[call-arg]
     return AutoTokenizer.from_pretrained(str(model_dir))
 

@@ -60,7 +60,7 @@ ATTACKS = [
 def tokenizer(settings: Settings) -> Any:
     """The default generator's own tokenizer and chat template."""
     source = resolve_generator_source(BUNDLED_GENERATOR)
-    return AutoTokenizer.from_pretrained(str(converted_model_dir(source, settings.model_cache_dir)))
+    return AutoTokenizer.from_pretrained(str(converted_model_dir(source, settings.engines.model_cache_dir)))
 
 
 @pytest.fixture(scope="module")

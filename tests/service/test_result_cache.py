@@ -13,8 +13,8 @@ from tests.conftest import free_loopback_port
 
 
 async def test_the_memory_cache_keeps_the_most_recently_used_entries(settings: Settings) -> None:
-    bounded = settings.model_copy(update={"cache_backend": "memory", "cache_retrieval_max_entries": 2})
-    async with open_result_cache(bounded) as cache:
+    bounded = settings.with_overrides(cache_backend="memory", cache_retrieval_max_entries=2)
+    async with open_result_cache(bounded.cache) as cache:
         await cache.set(CacheKind.RETRIEVAL, "a", b"1")
         await cache.set(CacheKind.RETRIEVAL, "b", b"2")
         assert await cache.get(CacheKind.RETRIEVAL, "a") == b"1"  # now b is the least recently used
@@ -26,7 +26,7 @@ async def test_the_memory_cache_keeps_the_most_recently_used_entries(settings: S
 
 async def test_a_kind_with_ttl_zero_is_off(settings: Settings) -> None:
     cache = build_result_cache(
-        settings.model_copy(update={"cache_backend": "memory", "cache_generation_ttl_s": 0})
+        settings.with_overrides(cache_backend="memory", cache_generation_ttl_s=0).cache
     )
     assert cache.enabled(CacheKind.EMBEDDING) and not cache.enabled(CacheKind.GENERATION)
     await cache.set(CacheKind.GENERATION, "k", b"v")
@@ -37,29 +37,25 @@ async def test_a_kind_with_ttl_zero_is_off(settings: Settings) -> None:
 async def test_redis_namespaces_and_ttls(settings: Settings, redis_url: str) -> None:
     import redis.asyncio as redis
 
-    configured = settings.model_copy(
-        update={
-            "cache_backend": "redis",
-            "cache_redis_url": SecretStr(redis_url),
-            "cache_namespace": "ns-test",
-        }
+    configured = settings.with_overrides(
+        cache_backend="redis", cache_redis_url=SecretStr(redis_url), cache_namespace="ns-test"
     )
-    async with open_result_cache(configured) as cache:
+    async with open_result_cache(configured.cache) as cache:
         await cache.set(CacheKind.RETRIEVAL, "key", b"\x00\xffbytes")
         assert await cache.get(CacheKind.RETRIEVAL, "key") == b"\x00\xffbytes"
     client = redis.Redis.from_url(redis_url)
     try:
         ttl = await client.ttl("ns-test:retrieval:key")
-        assert 0 < ttl <= settings.cache_retrieval_ttl_s
+        assert 0 < ttl <= settings.cache.cache_retrieval_ttl_s
     finally:
         await client.aclose()
 
 
 async def test_an_unreachable_redis_is_a_miss_not_a_failure(engines: Engines, settings: Settings) -> None:
     nowhere = f"redis://127.0.0.1:{free_loopback_port()}/0"  # nothing listens there
-    configured = settings.model_copy(update={"cache_backend": "redis", "cache_redis_url": SecretStr(nowhere)})
+    configured = settings.with_overrides(cache_backend="redis", cache_redis_url=SecretStr(nowhere))
     stats = CacheStats()
-    async with open_result_cache(configured, stats) as cache:
+    async with open_result_cache(configured.cache, stats) as cache:
         result = await RagService(engines, configured, cache).embed(["still answered"])
     assert result.batch.vectors.shape == (1, 384) and list(result.cached) == [False]
     assert stats.errors[CacheKind.EMBEDDING] == 2  # the lookup and the store

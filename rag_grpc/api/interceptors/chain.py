@@ -53,26 +53,26 @@ def interceptor_chain(
     settings: Settings, metrics: GrpcMetrics, limiter: RateLimiter | None, drain: DrainInterceptor
 ) -> list[grpc.aio.ServerInterceptor]:
     """The chain for `settings`, outermost first (see the module docstring for the order)."""
+    security, limits = settings.security, settings.limits
     chain: list[grpc.aio.ServerInterceptor] = [
-        RequestLogInterceptor(settings.log_payloads),
+        RequestLogInterceptor(settings.observability.log_payloads),
         MetricsInterceptor(metrics),
     ]
-    keys = KeyRing.from_settings(settings)
+    keys = KeyRing.from_settings(security)
     if len(keys):
-        if settings.tls_cert_file is None and not _is_loopback(settings.host):
-            log.warning(
-                "api_keys_over_plaintext", host=settings.host, hint="set tls_cert_file and tls_key_file"
-            )
+        host = settings.server.host
+        if security.tls_cert_file is None and not _is_loopback(host):
+            log.warning("api_keys_over_plaintext", host=host, hint="set tls_cert_file and tls_key_file")
         open_services = (
-            (health.SERVICE_NAME, reflection.SERVICE_NAME) if settings.auth_open_health_and_reflection else ()
+            (health.SERVICE_NAME, reflection.SERVICE_NAME) if security.auth_open_health_and_reflection else ()
         )
         chain.append(AuthInterceptor(keys, metrics, open_services))
     if limiter is not None:
-        chain.append(RateLimitInterceptor(limiter, metrics, settings.default_max_tokens))
+        chain.append(RateLimitInterceptor(limiter, metrics, limits.default_max_tokens))
     chain += [
         ErrorMappingInterceptor(),
         drain,
-        DeadlineCeilingInterceptor(settings.call_deadline_ceiling_s),
+        DeadlineCeilingInterceptor(limits.call_deadline_ceiling_s),
         RequestDecodingInterceptor(),
     ]
     return chain

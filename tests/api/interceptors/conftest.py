@@ -32,11 +32,6 @@ READER_KEY = "reader-read-only-key-0123456789abcdefghijkl"
 API_KEYS = f"alice:read-write:{ALICE_KEY},bob:read-write:{BOB_KEY},reader:read-only:{READER_KEY}"
 
 
-def with_overrides(settings: Settings, **overrides: Any) -> Settings:
-    values = {name: getattr(settings, name) for name in Settings.model_fields}
-    return Settings(_env_file=None, **{**values, **overrides})  # type: ignore[call-arg]
-
-
 @dataclass
 class RunningServer:
     server: RagServer
@@ -60,8 +55,9 @@ async def _metered_engines(
 ) -> Engines:
     """The session's models behind micro-batchers of our own (left when `stack` closes), whose batch
     sizes go to `metrics`, as open_engines sets them up in `rag-grpc serve`."""
-    embedder = with_embed_batching(settings, engines.embedder.inner, MeteredStats.into(metrics).embed)  # type: ignore[attr-defined]
-    store = with_search_batching(settings, engines.vector_store.inner, MeteredStats.into(metrics).search)  # type: ignore[attr-defined]
+    stats = MeteredStats.into(metrics)
+    embedder = with_embed_batching(settings.engines, engines.embedder.inner, stats.embed)  # type: ignore[attr-defined]
+    store = with_search_batching(settings.engines, engines.vector_store.inner, stats.search)  # type: ignore[attr-defined]
     return Engines(
         embedder=await stack.enter_async_context(embedder),
         vector_store=await stack.enter_async_context(store),
@@ -81,16 +77,16 @@ async def serving(
     """A server built the way `rag-grpc serve` builds one, with `overrides` on the session settings.
     `full_service` adds what serve() adds around the service: micro-batchers and the result cache,
     with their metrics."""
-    settings = with_overrides(base, **overrides)
+    settings = base.with_overrides(**overrides)
     registry = CollectorRegistry()
-    limiter = build_rate_limiter(settings)
+    limiter = build_rate_limiter(settings.limits)
     service_metrics = ServiceMetrics(registry)
     async with AsyncExitStack() as stack:
         cache = None
         if full_service:
             engines = await _metered_engines(engines, settings, service_metrics, stack)
             cache = await stack.enter_async_context(
-                open_result_cache(settings, MeteredStats.into(service_metrics).cache)
+                open_result_cache(settings.cache, MeteredStats.into(service_metrics).cache)
             )
         server = build_server(
             settings,

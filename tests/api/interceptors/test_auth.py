@@ -28,7 +28,6 @@ from tests.api.interceptors.conftest import (
     READER_KEY,
     RunningServer,
     serving,
-    with_overrides,
 )
 from tests.helpers import bearer, collect, doc, expect_status
 
@@ -198,7 +197,7 @@ async def test_handlers_see_the_caller_and_never_the_key(settings: Settings) -> 
         return f"{caller.name}:{caller.role.value}".encode()
 
     chain = interceptor_chain(
-        with_overrides(settings, api_keys=API_KEYS),
+        settings.with_overrides(api_keys=API_KEYS),
         GrpcMetrics(CollectorRegistry()),
         None,
         DrainInterceptor(),

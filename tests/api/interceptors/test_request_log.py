@@ -22,7 +22,7 @@ from rag_grpc.logging import configure_logging
 from rag_grpc.metrics import GrpcMetrics
 from rag_grpc.settings import Settings
 from rag_grpc.v1 import rag_pb2 as pb
-from tests.api.interceptors.conftest import ALICE_KEY, API_KEYS, serving, with_overrides
+from tests.api.interceptors.conftest import ALICE_KEY, API_KEYS, serving
 from tests.helpers import bearer, collect, expect_status
 
 SECRET_TEXT = "the-document-text-nobody-should-log"
@@ -126,9 +126,7 @@ async def test_unexpected_errors_are_internal_for_the_caller_with_the_traceback_
         raise RuntimeError("database password is hunter2")
 
     server = grpc.aio.server(
-        interceptors=interceptor_chain(
-            with_overrides(settings), GrpcMetrics(CollectorRegistry()), None, DrainInterceptor()
-        )
+        interceptors=interceptor_chain(settings, GrpcMetrics(CollectorRegistry()), None, DrainInterceptor())
     )
     handlers = {
         "Unary": grpc.unary_unary_rpc_method_handler(broken),
