@@ -7,8 +7,9 @@ from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import assert_never
 
-from rag_grpc.engines.base import Embedder, Generator, VectorStore
+from rag_grpc.engines.base import Embedder, Generator, PersistableVectorStore, VectorStore
 from rag_grpc.engines.batching import BatchingEmbedder, BatchingVectorStore
 from rag_grpc.engines.micro_batcher import BatcherStats
 from rag_grpc.engines.model_files import (
@@ -34,20 +35,37 @@ class Engines:
         return next(iter(self.generators.values()))
 
 
-def build_embedder(engines: EngineSettings) -> Embedder:
-    from rag_grpc.engines.sentence_transformers_embedder import SentenceTransformerEmbedder
+# Each builder matches on its backend setting, whose Literal lists the engines there are; assert_never
+# makes a backend added to the Literal without a case here a type error.
 
-    model_id = engines.embedder_model.removeprefix("bundled:")
-    return SentenceTransformerEmbedder(
-        resolve_embedder(engines.embedder_model), resolve_torch_device(engines.embedder_device), model_id
-    )
+
+def build_embedder(engines: EngineSettings) -> Embedder:
+    match engines.embedder_backend:
+        case "sentence-transformers":
+            from rag_grpc.engines.sentence_transformers_embedder import SentenceTransformerEmbedder
+
+            model_id = engines.embedder_model.removeprefix("bundled:")
+            return SentenceTransformerEmbedder(
+                resolve_embedder(engines.embedder_model),
+                resolve_torch_device(engines.embedder_device),
+                model_id,
+            )
+        case _:
+            assert_never(engines.embedder_backend)
 
 
 def build_vector_store(settings: Settings, dimension: int) -> VectorStore:
-    from rag_grpc.engines.faiss_store import FaissVectorStore
+    """The configured index, made durable when the settings name a data_dir."""
+    engines, durability = settings.engines, settings.durability
+    # Persistable: data_dir wraps the store in a write-ahead log and snapshots of its contents.
+    store: PersistableVectorStore
+    match engines.vector_store_backend:
+        case "faiss":
+            from rag_grpc.engines.faiss_store import FaissVectorStore
 
-    durability = settings.durability
-    store = FaissVectorStore(dimension, settings.engines.vector_store_device)
+            store = FaissVectorStore(dimension, engines.vector_store_device)
+        case _:
+            assert_never(engines.vector_store_backend)
     if durability.data_dir is None:
         return store
     from rag_grpc.storage import DurableVectorStore
