@@ -8,11 +8,13 @@
   search (an IndexFlatIP holding the same vectors, `clients` queries per call) and, for text
   queries, raw batched encode + search.
 
-The server runs in this process; the load generator runs in a child process so that its gRPC
-client work does not share the server's event loop (it does share the machine's cores, as any load
-generator on the same host does). Raw and service phases alternate in short rounds, so a shared
-machine's changing load hits both sides alike; totals are summed over the rounds. Every phase is
-bounded by time and by request count; the caches are off, so every call reaches the engines.
+The server runs in this process; the load generator (bench/load.py's closed loop, the one every
+row uses) runs in a child process so that its gRPC client work does not share the server's event
+loop (it does share the machine's cores, as any load generator on the same host does). Raw and
+service phases alternate in short rounds, so a shared machine's changing load hits both sides
+alike; totals are summed over the rounds. Every phase is bounded by time and by request count. The
+caches are off (cache_backend="none"), so every call reaches the engines; calls answered with a
+non-OK status are counted by code and left out of the rates and latencies.
 
 Run: `python -m bench.embed_retrieve [--quick] [--json FILE]`. bench_embed and bench_retrieve each
 return a dict and print a table.
@@ -26,13 +28,16 @@ import json
 import multiprocessing
 import statistics
 import time
-from collections.abc import AsyncIterator, Callable
+from collections import Counter
+from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
-from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+
+from bench.load import LoadResult, Sample, format_codes, percentile, run_load
+from bench.server import bench_settings, serving
 
 TOP_K = 10
 _WORDS = [
@@ -45,17 +50,6 @@ def short_text(i: int) -> str:
     """A distinct short query (about a dozen tokens), so no two calls send the same text."""
     words = " ".join(_WORDS[(i // 20**k) % 20] for k in range(4))
     return f"where is the {words} number {i}?"
-
-
-def _percentiles(latencies_s: list[float]) -> dict[str, float]:
-    if not latencies_s:
-        return {"p50_ms": float("nan"), "p99_ms": float("nan")}
-    ordered = sorted(latencies_s)
-
-    def pick(q: float) -> float:
-        return ordered[min(len(ordered) - 1, int(q * len(ordered)))] * 1000.0
-
-    return {"p50_ms": pick(0.50), "p99_ms": pick(0.99)}
 
 
 @dataclass
@@ -71,6 +65,7 @@ class Tally:
     latencies_s: list[float] = field(default_factory=list)
     cpu_s: float = 0.0  # this process (the server, or the raw engine)
     client_cpu_s: float = 0.0  # the load generator's process
+    codes: Counter[str] = field(default_factory=Counter)  # non-OK statuses (service phases only)
 
     @property
     def per_s(self) -> float:
@@ -82,9 +77,11 @@ class Tally:
             "per_s": self.per_s,
             "items": self.items,
             "seconds": self.seconds,
-            **_percentiles(self.latencies_s),
+            "p50_ms": percentile(self.latencies_s, 50) * 1000.0,
+            "p99_ms": percentile(self.latencies_s, 99) * 1000.0,
             "cpu_ms_per_item": self.cpu_s * per_item,
             "client_cpu_ms_per_item": self.client_cpu_s * per_item,
+            "non_ok": dict(self.codes),
         }
 
 
@@ -106,6 +103,7 @@ class Series:
             latencies_s=[x for t in self.rounds for x in t.latencies_s],
             cpu_s=sum(t.cpu_s for t in self.rounds),
             client_cpu_s=sum(t.client_cpu_s for t in self.rounds),
+            codes=sum((t.codes for t in self.rounds), Counter()),
         )
 
 
@@ -136,57 +134,47 @@ class Load:
     seed: int = 0
 
 
-def run_load(load: Load) -> tuple[int, float, list[float], float]:
-    """(requests, seconds, latencies, CPU seconds) of one round; runs in the child process."""
+def run_round(load: Load) -> tuple[LoadResult, float]:
+    """One round's LoadResult and the CPU seconds it cost; runs in the child process."""
     cpu_started = time.process_time()
-    requests, seconds, latencies = asyncio.run(_run_load(load))
-    return requests, seconds, latencies, time.process_time() - cpu_started
+    result = asyncio.run(_run_round(load))
+    return result, time.process_time() - cpu_started
 
 
-async def _run_load(load: Load) -> tuple[int, float, list[float]]:
+async def _run_round(load: Load) -> LoadResult:
     import grpc
 
     from rag_grpc.v1 import rag_pb2 as pb
     from rag_grpc.v1 import rag_pb2_grpc as pb_grpc
 
-    counter = iter(range(load.seed * 10_000_000, (load.seed + 1) * 10_000_000))
+    # Each round's texts are new (seed), and warm-up indices never repeat measured ones (run_load).
+    offset = load.seed * 10_000_000
     async with grpc.aio.insecure_channel(load.target) as channel:
         if load.rpc == "embed":
             embed = pb_grpc.EmbedServiceStub(channel).Embed
 
-            async def call() -> None:
-                await embed(pb.EmbedRequest(texts=[short_text(next(counter))]))
+            async def call(i: int) -> Sample:
+                await embed(pb.EmbedRequest(texts=[short_text(offset + i)]))
+                return Sample(items=1)
 
         elif load.rpc == "retrieve_vector":
             retrieve = pb_grpc.RetrieveServiceStub(channel).Retrieve
             rng = np.random.default_rng(load.seed)
             vectors = rng.normal(size=(4096, load.dimension)).astype(np.float32).tolist()
 
-            async def call() -> None:
-                values = vectors[next(counter) % len(vectors)]
+            async def call(i: int) -> Sample:
+                values = vectors[i % len(vectors)]
                 await retrieve(pb.RetrieveRequest(vector=pb.Vector(values=values), top_k=TOP_K))
+                return Sample(items=1)
 
         else:
             retrieve = pb_grpc.RetrieveServiceStub(channel).Retrieve
 
-            async def call() -> None:
-                await retrieve(pb.RetrieveRequest(text=short_text(next(counter)), top_k=TOP_K))
+            async def call(i: int) -> Sample:
+                await retrieve(pb.RetrieveRequest(text=short_text(offset + i), top_k=TOP_K))
+                return Sample(items=1)
 
-        latencies: list[float] = []
-        loop = asyncio.get_running_loop()
-
-        async def client(until: float, record: bool) -> None:
-            while loop.time() < until and len(latencies) < load.max_requests:
-                started = time.perf_counter()
-                await call()
-                if record:
-                    latencies.append(time.perf_counter() - started)
-
-        if load.warmup_s:
-            await asyncio.gather(*(client(loop.time() + load.warmup_s, False) for _ in range(load.clients)))
-        started = time.perf_counter()
-        await asyncio.gather(*(client(loop.time() + load.duration_s, True) for _ in range(load.clients)))
-        return len(latencies), time.perf_counter() - started, latencies
+        return await run_load(call, load.clients, load.duration_s, load.max_requests, warmup_s=load.warmup_s)
 
 
 class LoadGenerator:
@@ -197,14 +185,13 @@ class LoadGenerator:
 
     async def run(self, load: Load, into: Tally) -> None:
         cpu_started = time.process_time()
-        requests, seconds, latencies, client_cpu = await asyncio.get_running_loop().run_in_executor(
-            self._pool, run_load, load
-        )
+        result, client_cpu = await asyncio.get_running_loop().run_in_executor(self._pool, run_round, load)
         into.cpu_s += time.process_time() - cpu_started
         into.client_cpu_s += client_cpu
-        into.items += requests
-        into.seconds += seconds
-        into.latencies_s.extend(latencies)
+        into.items += result.items
+        into.seconds += result.wall_s
+        into.latencies_s.extend(m.latency_s for m in result.ok)
+        into.codes.update(result.non_ok)
 
     def close(self) -> None:
         self._pool.shutdown()
@@ -224,26 +211,9 @@ def _raw_round(work: Callable[[], int], seconds: float, into: Tally) -> None:
 # ------------------------------------------------------------------ the service under test
 
 
-@asynccontextmanager
-async def serving(**overrides: Any) -> AsyncIterator[tuple[str, Any]]:
-    """The service (embedder + store, no generator, no caches) on a free loopback port."""
-    from rag_grpc.api.server import RagServer
-    from rag_grpc.engines import open_engines
-    from rag_grpc.logging import configure_logging
-    from rag_grpc.service import RagService
-    from rag_grpc.settings import Settings
-
-    settings = Settings(  # type: ignore[call-arg]
-        _env_file=None, port=0, cache_backend="none", log_level="warning", **overrides
-    )
-    configure_logging(settings.observability.log_level, settings.observability.log_json)
-    async with open_engines(settings, with_generator=False) as engines:
-        server = RagServer(settings, RagService(engines, settings))
-        port = await server.start()
-        try:
-            yield f"127.0.0.1:{port}", engines
-        finally:
-            await server.stop(0)
+def _service_settings() -> Any:
+    """The Embed and Retrieve rows measure compute: every cache off, no interceptors, no generator."""
+    return bench_settings(cache_backend="none")
 
 
 def _mean_batch(engine: Any) -> float:
@@ -279,6 +249,10 @@ def _row(name: str, tally: Tally, note: str = "") -> tuple[str, ...]:
     cpu = f"{s['cpu_ms_per_item']:.2f}"
     if tally.client_cpu_s:
         cpu += f" + {s['client_cpu_ms_per_item']:.2f}"
+    if tally.codes:
+        note = (
+            f"{note}; non-OK: {format_codes(tally.codes)}" if note else f"non-OK: {format_codes(tally.codes)}"
+        )
     return (name, f"{s['per_s']:.1f}", f"{s['p50_ms']:.1f}", f"{s['p99_ms']:.1f}", cpu, note)
 
 
@@ -321,7 +295,8 @@ async def bench_embed(
     service = Series()
     generator = LoadGenerator()
     try:
-        async with serving() as (target, engines):
+        async with serving(_service_settings(), with_generator=False) as served:
+            target, engines = served.target, served.engines
             for n in range(rounds):
                 for bs, series in raw.items():
                     _raw_round(encode(bs), raw_s, series.new_round())
@@ -407,7 +382,8 @@ async def bench_retrieve(
     raw_vector, raw_text, by_vector, by_text = Series(), Series(), Series(), Series()
     generator = LoadGenerator()
     try:
-        async with serving() as (target, engines):
+        async with serving(_service_settings(), with_generator=False) as served:
+            target, engines = served.target, served.engines
             store = engines.vector_store
             for start in range(0, documents, 10_000):
                 ids = range(start, min(start + 10_000, documents))

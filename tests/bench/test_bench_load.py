@@ -6,10 +6,11 @@ import asyncio
 import random
 import time
 
+import grpc
 import numpy as np
 import pytest
 
-from bench.load import Sample, percentile, run_load
+from bench.load import InFlight, Sample, format_codes, percentile, run_load
 
 
 async def test_stops_after_max_requests_each_index_once() -> None:
@@ -133,3 +134,54 @@ async def test_bad_bounds_are_refused() -> None:
         await run_load(call, concurrency=0, duration_s=1.0, max_requests=1)
     with pytest.raises(ValueError):
         await run_load(call, concurrency=1, duration_s=1.0, max_requests=0)
+
+
+def _rpc_error(code: grpc.StatusCode) -> grpc.aio.AioRpcError:
+    return grpc.aio.AioRpcError(code, grpc.aio.Metadata(), grpc.aio.Metadata(), "test")
+
+
+async def test_grpc_statuses_are_counted_by_code_and_kept_out_of_the_figures() -> None:
+    async def call(i: int) -> Sample:
+        await asyncio.sleep(0.001)
+        if i % 4 == 1:
+            raise _rpc_error(grpc.StatusCode.DEADLINE_EXCEEDED)
+        if i % 4 == 2:
+            return Sample(items=3, code="CANCELLED")  # a stream the caller cancelled on purpose
+        return Sample(items=10)
+
+    result = await run_load(
+        call, concurrency=3, duration_s=30.0, max_requests=40, kind_of=lambda i: f"k{i % 2}"
+    )
+
+    assert result.requests == 40
+    assert result.codes == {"OK": 20, "DEADLINE_EXCEEDED": 10, "CANCELLED": 10}
+    assert result.non_ok == {"DEADLINE_EXCEEDED": 10, "CANCELLED": 10}
+    assert result.items == 200  # OK requests only
+    assert result.items_per_request == 10
+    assert len(result._latencies()) == 20
+    by_kind = result.codes_by_kind()
+    assert by_kind["k1"] == {"DEADLINE_EXCEEDED": 10, "OK": 10}
+    assert by_kind["k0"] == {"CANCELLED": 10, "OK": 10}
+    assert result.summary()["non_ok"] == {"DEADLINE_EXCEEDED": 10, "CANCELLED": 10}
+
+
+async def test_a_shared_gauge_counts_callers_of_runs_going_on_together() -> None:
+    gauge = InFlight()
+
+    async def call(i: int) -> Sample:
+        await asyncio.sleep(0.02)
+        return Sample(items=1)
+
+    first, second = await asyncio.gather(
+        run_load(call, concurrency=3, duration_s=0.2, max_requests=1000, in_flight=gauge),
+        run_load(call, concurrency=2, duration_s=0.2, max_requests=1000, in_flight=gauge),
+    )
+
+    assert gauge.peak == 5 and gauge.now == 0
+    assert max(m.in_flight for m in first.measurements + second.measurements) == 5
+    assert min(m.in_flight for m in first.measurements) >= 1
+
+
+def test_codes_are_formatted_most_frequent_first() -> None:
+    assert format_codes({}) == "none"
+    assert format_codes({"CANCELLED": 1, "DEADLINE_EXCEEDED": 3}) == "DEADLINE_EXCEEDED 3, CANCELLED 1"
