@@ -216,11 +216,23 @@ def _http_session(concurrency: int, timeout_s: float) -> aiohttp.ClientSession:
 # ------------------------------------------------------------------ infinity-emb
 
 
+def our_embed_batch_cap() -> int:
+    """Our embedder batcher's cap on texts per model call (Settings.embed_batch_max_size, 64)."""
+    from rag_grpc.settings import Settings
+
+    return int(Settings.model_fields["embed_batch_max_size"].default)
+
+
 @asynccontextmanager
 async def infinity_server(
-    timeout_s: float = 300.0, batch_size: int = 32, torch_threads: int = 0
+    timeout_s: float = 300.0, batch_size: int | None = None, torch_threads: int = 0
 ) -> AsyncIterator[str]:
-    """infinity-emb serving the bundled MiniLM directory; yields its base URL."""
+    """infinity-emb serving the bundled MiniLM directory; yields its base URL.
+
+    batch_size is infinity's largest model batch; by default our embedder's cap, so that neither
+    side may batch more texts per model call than the other (infinity's own default is 32).
+    """
+    batch_size = batch_size if batch_size is not None else our_embed_batch_cap()
     from rag_grpc.engines.model_files import BUNDLED_EMBEDDER, resolve_embedder
 
     venv = await asyncio.to_thread(INFINITY_ENV.ensure)
@@ -255,12 +267,13 @@ async def infinity_embed(
     warmup_s: float = 3.0,
     text_for: Callable[[int], str] = short_text,
     torch_threads: int = 0,
-    batch_size: int = 32,
+    batch_size: int | None = None,
 ) -> dict[str, Any]:
     """Texts/s and latency of infinity-emb under `concurrency` closed-loop clients, one text per request.
 
-    batch_size is infinity's largest model batch (its default is 32).
+    batch_size is infinity's largest model batch; None gives it our embedder's cap (64).
     """
+    batch_size = batch_size if batch_size is not None else our_embed_batch_cap()
     async with (
         infinity_server(batch_size=batch_size, torch_threads=torch_threads) as base_url,
         _http_session(concurrency, timeout_s=60) as session,
@@ -277,7 +290,7 @@ async def infinity_embed(
             return Sample(items=1)
 
         result = await run_load(call, concurrency, duration_s, max_requests, warmup_s=warmup_s)
-    return {"peer": "infinity-emb", **_embed_summary(result)}
+    return {"peer": "infinity-emb", "batch_size": batch_size, **_embed_summary(result)}
 
 
 def _embed_summary(result: LoadResult) -> dict[str, Any]:
@@ -287,7 +300,8 @@ def _embed_summary(result: LoadResult) -> dict[str, Any]:
         "texts_per_s": summary["items_per_s"],
         "p50_ms": summary["latency_p50_ms"],
         "p99_ms": summary["latency_p99_ms"],
-        "requests": summary["requests"],
+        "requests": summary["ok_requests"],
+        "non_ok": summary["non_ok"],
     }
 
 
@@ -335,14 +349,22 @@ async def transformers_server(
 
 
 def _chat_body(model_dir: Path, prompt: str, tokens: int) -> dict[str, Any]:
+    """A streamed greedy chat completion of exactly `tokens` tokens.
+
+    `transformers serve` has no OpenAI-style `min_tokens` or `ignore_eos` (it refuses unknown fields), and
+    with --continuous-batching each request passes the batch manager only max_new_tokens and
+    eos_token_id. The GenerationConfig sent here names no end-of-sequence token, so the manager runs with
+    eos_token_id -1 (disabled; see transformers/generation/continuous_batching/continuous_api.py): the
+    stream stops at max_new_tokens only, as ours does with min_tokens = max_tokens. The bench checks it:
+    the table shows the mean and the fewest tokens per stream.
+    """
     return {
         "model": str(model_dir),  # the server is pinned to this model and refuses any other name
         "messages": [{"role": "user", "content": prompt}],
         "stream": True,
         "temperature": 0.0,
         "max_tokens": tokens,
-        # transformers serve takes a whole GenerationConfig as JSON, which replaces the model's: it names no
-        # end-of-sequence token, so nothing stops an answer early and every stream is exactly `tokens` long.
+        # A whole GenerationConfig as JSON, which replaces the model's: it names no end-of-sequence token.
         "generation_config": json.dumps({"max_new_tokens": tokens, "do_sample": False}),
     }
 
@@ -398,19 +420,22 @@ async def transformers_serve_generate(
             result = await run_load(
                 lambda _: _stream_chat(session, url, body), count, duration_s, max_requests, warmup_s=warmup_s
             )
-            rows.append(_generate_summary(result))
+            rows.append(generate_summary(result))
     return {"peer": "transformers serve", "tokens": tokens, "rows": rows}
 
 
-def _generate_summary(result: LoadResult) -> dict[str, Any]:
+def generate_summary(result: LoadResult) -> dict[str, Any]:
+    """One Generate row, ours or the peer's: rates and TTFT of OK streams, their length, other codes."""
     summary = result.summary()
     return {
         "streams": result.concurrency,
         "tokens_per_s": summary["items_per_s"],
         "ttft_p50_ms": summary["ttft_p50_ms"],
         "ttft_p99_ms": summary["ttft_p99_ms"],
-        "tokens_per_stream": result.items / max(result.requests, 1),
-        "requests": summary["requests"],
+        "tokens_per_stream": summary["items_per_request"],
+        "fewest_tokens_per_stream": min((m.items for m in result.ok), default=0),
+        "requests": summary["ok_requests"],
+        "non_ok": summary["non_ok"],
     }
 
 
@@ -419,7 +444,8 @@ def _generate_summary(result: LoadResult) -> dict[str, Any]:
 
 def _print_table(embed: dict[str, Any] | None, generate: dict[str, Any] | None) -> None:
     if embed is not None:
-        print(f"\n{embed['peer']}: Embed, {embed['clients']} clients x one text per request")
+        print(f"\n{embed['peer']}: Embed, {embed['clients']} clients x one text per request, "
+              f"batch size {embed['batch_size']}")  # fmt: skip
         print(f"  texts/s {embed['texts_per_s']:8.1f}   p50 {embed['p50_ms']:7.1f} ms   p99 {embed['p99_ms']:7.1f} ms"
               f"   ({embed['requests']} requests)")  # fmt: skip
     if generate is not None:

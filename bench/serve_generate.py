@@ -1,5 +1,12 @@
-"""Our server's Generate under N concurrent streams, through gRPC, with the same load generator and
-prompt as the transformers-serve peer, so the two rows compare like for like."""
+"""Our server's Generate under N concurrent streams, through gRPC, with the same load generator, prompt
+and stream length as the transformers-serve peer, so the two rows compare like for like.
+
+Every stream is exactly `tokens` long: the request sets min_tokens = max_tokens, so the engine
+suppresses end-of-sequence until the last token (the peer is told to ignore EOS the same way, see
+bench/peers.py), and the table shows the mean tokens per stream of both sides. The row measures
+compute, so the answer cache is off explicitly (cache_backend="none"): at temperature 0 every one of
+these identical requests would otherwise be replayed from it.
+"""
 
 from __future__ import annotations
 
@@ -10,13 +17,28 @@ from typing import Any
 import grpc
 
 from bench.load import Sample, run_load
-from bench.peers import GENERATE_PROMPT, _generate_summary
-from rag_grpc.api.server import RagServer
-from rag_grpc.engines import open_engines
-from rag_grpc.service import RagService
-from rag_grpc.settings import Settings
+from bench.peers import GENERATE_PROMPT, generate_summary
+from bench.server import bench_settings, serving
 from rag_grpc.v1 import rag_pb2 as pb
 from rag_grpc.v1 import rag_pb2_grpc as pb_grpc
+
+
+def fixed_length(tokens: int, **sampling: Any) -> pb.SamplingParams:
+    """SamplingParams for a stream of exactly `tokens` tokens (no stop strings, EOS suppressed)."""
+    # TODO(min_tokens): drop this fallback once SamplingParams.min_tokens is on main.
+    if "min_tokens" not in pb.SamplingParams.DESCRIPTOR.fields_by_name:
+        return pb.SamplingParams(max_tokens=tokens, **sampling)
+    return pb.SamplingParams(max_tokens=tokens, min_tokens=tokens, **sampling)
+
+
+async def stream_tokens(stub: pb_grpc.GenerateServiceStub, request: pb.GenerateRequest) -> Sample:
+    """Reads one Generate stream: tokens from the deltas, and when the first delta arrived."""
+    first, items = None, 0
+    async for message in stub.Generate(request):
+        if message.HasField("delta"):
+            items += message.delta.token_count
+            first = first or time.perf_counter()
+    return Sample(items=items, first_item_at=first)
 
 
 async def serve_generate(
@@ -26,29 +48,16 @@ async def serve_generate(
     max_requests: int = 200,
     warmup_s: float = 5.0,
 ) -> dict[str, Any]:
-    settings = Settings(_env_file=None, port=0, log_level="warning")  # type: ignore[call-arg]
+    settings = bench_settings(cache_backend="none")
     rows: list[dict[str, Any]] = []
-    async with open_engines(settings) as engines:
-        server = RagServer(settings, RagService(engines, settings))
-        await server.start()
-        try:
-            async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel:
-                stub = pb_grpc.GenerateServiceStub(channel)
-                request = pb.GenerateRequest(
-                    prompt=GENERATE_PROMPT, sampling=pb.SamplingParams(max_tokens=tokens)
-                )
+    async with serving(settings) as served, grpc.aio.insecure_channel(served.target) as channel:
+        stub = pb_grpc.GenerateServiceStub(channel)
+        request = pb.GenerateRequest(prompt=GENERATE_PROMPT, sampling=fixed_length(tokens, temperature=0.0))
 
-                async def call(_: int) -> Sample:
-                    first, items = None, 0
-                    async for message in stub.Generate(request):
-                        if message.HasField("delta"):
-                            items += message.delta.token_count
-                            first = first or time.perf_counter()
-                    return Sample(items=items, first_item_at=first)
+        async def call(_: int) -> Sample:
+            return await stream_tokens(stub, request)
 
-                for count in streams:
-                    result = await run_load(call, count, duration_s, max_requests, warmup_s=warmup_s)
-                    rows.append(_generate_summary(result))
-        finally:
-            await server.stop(0)
-    return {"server": "rag-grpc", "tokens": tokens, "rows": rows}
+        for count in streams:
+            result = await run_load(call, count, duration_s, max_requests, warmup_s=warmup_s)
+            rows.append(generate_summary(result))
+    return {"server": "rag-grpc", "tokens": tokens, "cache_backend": settings.cache_backend, "rows": rows}

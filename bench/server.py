@@ -1,4 +1,4 @@
-"""Our server for the bench, in this process, built as `rag-grpc serve` builds it.
+"""Our server for the bench: in this process, built as `rag-grpc serve` builds it, or as a child process.
 
 Every setting a measurement depends on is passed explicitly: `bench_settings` ignores the
 environment and any .env file, and the result cache is built from the settings exactly as the real
@@ -11,9 +11,15 @@ off, never the way the bench happens to assemble the service.
 
 from __future__ import annotations
 
+import asyncio
+import os
+import sys
+import tempfile
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from rag_grpc.api.server import RagServer
@@ -64,3 +70,48 @@ async def serving(
             yield Served(f"127.0.0.1:{port}", settings, engines, service, admission)
         finally:
             await server.stop(0)
+
+
+@dataclass(frozen=True)
+class ServerProcess:
+    target: str
+    pid: int
+
+
+@asynccontextmanager
+async def server_process(
+    options: dict[str, str | int | float | bool], log_path: Path, start_timeout_s: float = 300.0
+) -> AsyncIterator[ServerProcess]:
+    """`rag-grpc serve` in a child process with the full interceptor chain, on a free loopback port.
+
+    options become `--<name>` flags (True: a bare flag). The child's environment carries no
+    RAG_GRPC_* variables, so only these options and the defaults apply. Its output goes to log_path.
+    """
+    argv = [sys.executable, "-m", "rag_grpc.cli", "serve", "--host", "127.0.0.1", "--port", "0"]
+    for name, value in options.items():
+        flag = "--" + name.replace("_", "-")
+        argv += [flag] if value is True else [flag, str(value)]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RAG_GRPC_")}
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="bench-server-") as workdir:
+        port_file = Path(workdir) / "port"
+        with log_path.open("wb") as log:
+            process = await asyncio.create_subprocess_exec(
+                *argv, "--port-file", str(port_file), cwd=workdir, env=env,
+                stdout=log, stderr=asyncio.subprocess.STDOUT, stdin=asyncio.subprocess.DEVNULL,
+            )  # fmt: skip
+        try:
+            deadline = time.monotonic() + start_timeout_s
+            while not port_file.exists():
+                if process.returncode is not None or time.monotonic() > deadline:
+                    raise RuntimeError(f"rag-grpc serve did not start; see {log_path}")
+                await asyncio.sleep(0.1)
+            yield ServerProcess(f"127.0.0.1:{int(port_file.read_text())}", process.pid)
+        finally:
+            if process.returncode is None:
+                process.terminate()
+                try:
+                    await asyncio.wait_for(process.wait(), 60)
+                except TimeoutError:
+                    process.kill()
+                    await process.wait()
