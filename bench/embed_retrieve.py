@@ -26,7 +26,6 @@ import argparse
 import asyncio
 import json
 import multiprocessing
-import statistics
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -114,7 +113,7 @@ def ratio_summary(service: Series, *raws: Series) -> dict[str, Any]:
     per_round = [tally.per_s / best.rounds[n].per_s for n, tally in enumerate(service.rounds)]
     return {
         "ratio": service.total.per_s / best.total.per_s,
-        "ratio_median_of_rounds": statistics.median(per_round),
+        "ratio_median_of_rounds": percentile(per_round, 50),
         "ratio_by_round": per_round,
     }
 

@@ -8,11 +8,17 @@ For each batch size N (1 and 16 by default), on the same loaded model:
   temperature 0 -> aggregate tokens/s (tokens over the wall time from the first request to the last
   final chunk) and time to first token p50/p99 (request start to its first text chunk).
 
-The engine stops a row at end-of-sequence, so the prompts ask for long stories; `engine.min_tokens`
-shows whether every request really produced `new_tokens` tokens. Raw and engine phases alternate in
-rounds, so a shared machine's changing load hits both alike; throughput ratios are medians of the
-per-round ratios. At one stream, extra alternating two-token pairs add time-to-first-token samples.
-Both sides run their model calls on a worker thread, never the event loop's.
+Both sides produce exactly `new_tokens` tokens per row: raw `generate` with min_new_tokens, the
+engine with SamplingOptions.min_tokens (end-of-sequence suppressed until then); `engine.min_tokens`
+reports the fewest tokens any engine request produced, so a short one would show. Raw and engine
+phases alternate in rounds, so a shared machine's changing load hits both alike; throughput ratios
+are medians of the per-round ratios. At one stream, extra alternating two-token pairs add
+time-to-first-token samples. Both sides run their model calls on a worker thread, never the event
+loop's.
+
+This is not a load test and not a closed loop: each round sends one batch of N requests at once to
+an engine in this process (no gRPC, no caches), so it does not use bench/load.py's runner; its
+percentiles are bench/load.py's `percentile`.
 
 Run: `python -m bench.generate_engine [--quick] [--json FILE]`; `bench_generate_engine()` returns a
 dict and prints a table.
@@ -23,10 +29,11 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import statistics
 import time
 import uuid
 from typing import Any
+
+from bench.load import percentile
 
 TARGET_THROUGHPUT_RATIO = 0.85  # engine with 16 streams vs raw batch-16 generate
 TARGET_TTFT_EXCESS_MS = 10.0  # engine TTFT at 1 stream minus raw TTFT
@@ -46,16 +53,6 @@ _SUBJECTS = [
 
 def story_prompt(i: int) -> str:
     return f"Write a long story about {_SUBJECTS[i % len(_SUBJECTS)]}. Use many details and describe every scene."
-
-
-def _percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    if not ordered:
-        return float("nan")
-    rank = (len(ordered) - 1) * q / 100.0
-    low = int(rank)
-    high = min(low + 1, len(ordered) - 1)
-    return ordered[low] + (ordered[high] - ordered[low]) * (rank - low)
 
 
 class _FirstTokenClock:
@@ -102,14 +99,20 @@ def _raw_generate(
     return elapsed, clock.first_token_at - started
 
 
+def _fixed_length(options: Any, tokens: int) -> Any:
+    """Greedy SamplingOptions for exactly `tokens` tokens."""
+    # TODO(min_tokens): drop this fallback once SamplingOptions.min_tokens is on main.
+    if "min_tokens" not in options.__dataclass_fields__:
+        return options(max_tokens=tokens, temperature=0.0)
+    return options(max_tokens=tokens, temperature=0.0, min_tokens=tokens)
+
+
 async def _engine_round(generator: Any, prompts: list[str], new_tokens: int) -> dict[str, Any]:
     from rag_grpc.domain import ChatMessage, GenerationRequest, SamplingOptions
 
     async def one(prompt: str) -> tuple[float, int]:
         request = GenerationRequest(
-            uuid.uuid4().hex,
-            [ChatMessage("user", prompt)],
-            SamplingOptions(max_tokens=new_tokens, temperature=0.0),
+            uuid.uuid4().hex, [ChatMessage("user", prompt)], _fixed_length(SamplingOptions, new_tokens)
         )
         started = time.perf_counter()
         first_text_at: float | None = None
@@ -171,22 +174,22 @@ async def _measure(
         await asyncio.sleep(_SETTLE_S)
         raw_ttfts.append(raw_ttft)
     ratios = [engine / raw for engine, raw in zip(engine_rates, raw_rates, strict=True)]
-    raw_ttft_p50_ms = _percentile(raw_ttfts, 50) * 1000
-    engine_ttft_p50_ms = _percentile(engine_ttfts, 50) * 1000
+    raw_ttft_p50_ms = percentile(raw_ttfts, 50) * 1000
+    engine_ttft_p50_ms = percentile(engine_ttfts, 50) * 1000
     return {
         "rounds": len(raw_rates),
         "raw": {
-            "tokens_per_s": statistics.median(raw_rates),
+            "tokens_per_s": percentile(raw_rates, 50),
             "ttft_p50_ms": raw_ttft_p50_ms,
-            "ttft_p99_ms": _percentile(raw_ttfts, 99) * 1000,
+            "ttft_p99_ms": percentile(raw_ttfts, 99) * 1000,
         },
         "engine": {
-            "tokens_per_s": statistics.median(engine_rates),
+            "tokens_per_s": percentile(engine_rates, 50),
             "ttft_p50_ms": engine_ttft_p50_ms,
-            "ttft_p99_ms": _percentile(engine_ttfts, 99) * 1000,
+            "ttft_p99_ms": percentile(engine_ttfts, 99) * 1000,
             "min_tokens": min_tokens,
         },
-        "throughput_ratio": statistics.median(ratios),
+        "throughput_ratio": percentile(ratios, 50),
         "round_ratios": ratios,
         "ttft_p50_excess_ms": engine_ttft_p50_ms - raw_ttft_p50_ms,
     }

@@ -4,8 +4,9 @@ A child process loads the engines once and serves the same RagService twice on l
 (RagServer with no interceptors but its built-in error mapping) and "full" (build_interceptors with
 an API key, an in-memory rate limit on every method, admission, metrics and the JSON request log,
 written to /dev/null), plus "full+redis" when a Redis URL is given. This process calls Info (no
-engine work, so transport and interceptors dominate) with a blocking client, alternating the
-servers in rounds so that noise from the shared machine falls on both alike.
+engine work, so transport and interceptors dominate) through the one closed loop (bench/load.py) with
+a single client, alternating the servers in rounds so that noise from the shared machine falls on
+both alike. Percentiles are bench/load.py's; non-OK answers are counted, not timed.
 
     python -m bench.interceptor_overhead [--calls 3000] [--redis-url redis://127.0.0.1:6379/0]
 
@@ -16,14 +17,19 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import math
 import multiprocessing
 import os
 import statistics
 import time
+from collections import Counter
+from collections.abc import Awaitable, Callable
 from multiprocessing.connection import Connection
 from typing import Any
 
 import grpc
+
+from bench.load import LoadResult, Sample, percentile, run_load
 
 BENCH_KEY = "bench-key-0123456789abcdefghijklmnopqrstuv"
 GOAL_P50_MS = 0.3
@@ -82,52 +88,62 @@ def _server_main(conn: Connection, redis_url: str | None) -> None:
     asyncio.run(_serve(conn, redis_url))
 
 
-def _percentile(sorted_values: list[float], q: float) -> float:
-    return sorted_values[min(len(sorted_values) - 1, int(q * len(sorted_values)))]
-
-
-def _summary(latencies_ms: list[float]) -> dict[str, float]:
-    ordered = sorted(latencies_ms)
+def _summary(latencies_ms: list[float], codes: Counter[str]) -> dict[str, Any]:
     return {
-        "calls": len(ordered),
-        "p50_ms": _percentile(ordered, 0.50),
-        "p90_ms": _percentile(ordered, 0.90),
-        "p99_ms": _percentile(ordered, 0.99),
-        "mean_ms": statistics.fmean(ordered),
+        "calls": len(latencies_ms),
+        "p50_ms": percentile(latencies_ms, 50),
+        "p90_ms": percentile(latencies_ms, 90),
+        "p99_ms": percentile(latencies_ms, 99),
+        "mean_ms": statistics.fmean(latencies_ms) if latencies_ms else math.nan,
+        "non_ok": dict(codes),
     }
 
 
-def _measure(
+async def _measure(
     ports: dict[str, int], calls: int, warmup: int, rounds: int, deadline: float
-) -> dict[str, list[float]]:
+) -> tuple[dict[str, list[float]], dict[str, Counter[str]]]:
+    """Info latencies (ms) of OK calls and the non-OK codes, per server."""
     from rag_grpc.v1 import rag_pb2 as pb
     from rag_grpc.v1 import rag_pb2_grpc as pb_grpc
 
     metadata = (("authorization", f"Bearer {BENCH_KEY}"),)
-    channels = {name: grpc.insecure_channel(f"127.0.0.1:{port}") for name, port in ports.items()}
-    stubs = {name: pb_grpc.InfoServiceStub(channel) for name, channel in channels.items()}
     request = pb.InfoRequest()
+    channels = {name: grpc.aio.insecure_channel(f"127.0.0.1:{port}") for name, port in ports.items()}
     try:
-        for stub in stubs.values():
-            for _ in range(warmup):
-                stub.Info(request, metadata=metadata, timeout=10)
-        latencies: dict[str, list[float]] = {name: [] for name in stubs}
+
+        def caller(channel: grpc.aio.Channel) -> Callable[[int], Awaitable[Sample]]:
+            stub = pb_grpc.InfoServiceStub(channel)
+
+            async def call(_: int) -> Sample:
+                await stub.Info(request, metadata=metadata, timeout=10)
+                return Sample(items=1)
+
+            return call
+
+        calls_of = {name: caller(channel) for name, channel in channels.items()}
+
+        async def one_client(name: str, count: int) -> LoadResult:
+            time_left = max(1.0, deadline - time.monotonic())
+            return await run_load(calls_of[name], 1, time_left, count, drain_s=10.0)
+
+        for name in calls_of:
+            await one_client(name, warmup)
+        latencies: dict[str, list[float]] = {name: [] for name in calls_of}
+        codes: dict[str, Counter[str]] = {name: Counter() for name in calls_of}
         per_round = max(1, calls // rounds)
-        names = list(stubs)
+        names = list(calls_of)
         for number in range(rounds):
             # Alternate which server goes first, so neither always follows the other's warm caches.
             for name in names if number % 2 == 0 else reversed(names):
-                stub, samples = stubs[name], latencies[name]
-                for _ in range(per_round):
-                    started = time.perf_counter_ns()
-                    stub.Info(request, metadata=metadata, timeout=10)
-                    samples.append((time.perf_counter_ns() - started) / 1e6)
+                result = await one_client(name, per_round)
+                latencies[name].extend(m.latency_s * 1000.0 for m in result.ok)
+                codes[name].update(result.non_ok)
             if time.monotonic() > deadline:
                 break
-        return latencies
+        return latencies, codes
     finally:
         for channel in channels.values():
-            channel.close()
+            await channel.close()
 
 
 def run(
@@ -148,13 +164,13 @@ def run(
         if not parent.poll(timeout=max(1.0, deadline - time.monotonic())):
             raise TimeoutError("bench server did not start in time")
         ports = parent.recv()
-        latencies = _measure(ports, calls, warmup, rounds, deadline)
+        latencies, codes = asyncio.run(_measure(ports, calls, warmup, rounds, deadline))
     finally:
         parent.send("stop")
         server.join(timeout=30)
         if server.is_alive():
             server.kill()
-    variants = {name: _summary(samples) for name, samples in latencies.items()}
+    variants = {name: _summary(samples, codes[name]) for name, samples in latencies.items()}
     bare = variants["bare"]
     result: dict[str, Any] = {"rpc": "InfoService/Info", "variants": variants}
     for name, numbers in variants.items():

@@ -1,32 +1,34 @@
 """Overload: Generate arriving at four times the sustainable rate against a server process with
 bounded admission. Reports the rejected share, how fast rejections come back, admitted latency
-against unloaded latency, and the server's peak memory. Loopback only, bounded in time and count."""
+against unloaded latency, and the server's peak memory. Loopback only, bounded in time and count.
+
+The unloaded and sustained phases are the one closed loop (bench/load.py). The overload phase is not
+a closed loop, on purpose: requests are sent at a fixed rate whatever the server answers (an open
+loop), because a closed loop slows down with the server and so can never overload it. Every phase's
+percentiles are bench/load.py's `percentile`. Requests are sampled without a seed, so none comes from
+the answer cache."""
 
 from __future__ import annotations
 
 import asyncio
-import os
-import statistics
-import subprocess
-import sys
-import tempfile
 import time
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
 import grpc
 
+from bench.load import LoadResult, Sample, percentile, run_load
+from bench.server import server_process
 from rag_grpc.v1 import rag_pb2 as pb
 from rag_grpc.v1 import rag_pb2_grpc as pb_grpc
+
+OUT = Path(__file__).resolve().parent / "out"
 
 # Sampled without a seed, so no answer comes from the cache.
 REQUEST = pb.GenerateRequest(
     prompt="Name three rivers.", sampling=pb.SamplingParams(max_tokens=16, temperature=0.7)
 )
-
-
-def _p99(values: list[float]) -> float:
-    return sorted(values)[min(len(values) - 1, int(0.99 * len(values)))] if values else float("nan")
 
 
 def _peak_rss_mb(pid: int) -> float:
@@ -36,70 +38,58 @@ def _peak_rss_mb(pid: int) -> float:
     return float("nan")
 
 
-async def _one(stub: pb_grpc.GenerateServiceStub) -> tuple[str, float]:
-    started = time.perf_counter()
-    try:
-        async for _ in stub.Generate(REQUEST, timeout=120):
-            pass
-        code = "OK"
-    except grpc.aio.AioRpcError as err:
-        code = err.code().name
-    return code, time.perf_counter() - started
+async def _one(stub: pb_grpc.GenerateServiceStub) -> Sample:
+    items = 0
+    async for message in stub.Generate(REQUEST, timeout=120):
+        if message.HasField("delta"):
+            items += message.delta.token_count
+    return Sample(items=items)
 
 
-async def _closed_loop(
-    stub: pb_grpc.GenerateServiceStub, clients: int, duration_s: float
-) -> list[tuple[str, float]]:
-    results: list[tuple[str, float]] = []
-    stop_at = time.perf_counter() + duration_s
-
-    async def client() -> None:
-        while time.perf_counter() < stop_at and len(results) < 2_000:
-            results.append(await _one(stub))
-
-    await asyncio.gather(*(client() for _ in range(clients)))
-    return results
+async def _closed_loop(stub: pb_grpc.GenerateServiceStub, clients: int, duration_s: float) -> LoadResult:
+    return await run_load(lambda _: _one(stub), clients, duration_s, max_requests=2_000)
 
 
 async def _open_loop(
     stub: pb_grpc.GenerateServiceStub, rate_per_s: float, duration_s: float
 ) -> list[tuple[str, float]]:
+    """(code, latency) of requests sent at rate_per_s for duration_s, whether or not earlier ones finished."""
+
+    async def timed() -> tuple[str, float]:
+        started = time.perf_counter()
+        try:
+            await _one(stub)
+            code = "OK"
+        except grpc.aio.AioRpcError as err:
+            code = err.code().name
+        return code, time.perf_counter() - started
+
     tasks = []
     count = min(int(rate_per_s * duration_s), 2_000)
     started = time.perf_counter()
     for i in range(count):
         await asyncio.sleep(max(0.0, started + i / rate_per_s - time.perf_counter()))
-        tasks.append(asyncio.create_task(_one(stub)))
+        tasks.append(asyncio.create_task(timed()))
     return list(await asyncio.gather(*tasks))
 
 
 async def bench_overload(capacity: int = 4, queue: int = 4, phase_s: float = 15.0) -> dict[str, Any]:
-    with tempfile.TemporaryDirectory() as workdir:
-        port_file = Path(workdir) / "port"
-        env = {k: v for k, v in os.environ.items() if not k.startswith("RAG_GRPC_")}
-        server = subprocess.Popen(
-            [sys.executable, "-m", "rag_grpc.cli", "serve", "--port", "0", "--port-file", str(port_file),
-             "--max-concurrent-generations", str(capacity), "--max-queued-generations", str(queue),
-             "--log-level", "warning"],
-            cwd=workdir, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-        )  # fmt: skip
-        try:
-            while not port_file.exists():
-                if server.poll() is not None:
-                    raise RuntimeError("server exited during start")
-                await asyncio.sleep(0.1)
-            async with grpc.aio.insecure_channel(f"127.0.0.1:{int(port_file.read_text())}") as channel:
-                stub = pb_grpc.GenerateServiceStub(channel)
-                await _one(stub)  # warm-up
-                unloaded = [latency for _, latency in await _closed_loop(stub, 1, phase_s / 3)]
-                sustained = await _closed_loop(stub, capacity, phase_s)
-                sustainable_rate = len(sustained) / phase_s
-                overload = await _open_loop(stub, 4 * sustainable_rate, phase_s)
-            peak_mb = _peak_rss_mb(server.pid)
-            alive = server.poll() is None
-        finally:
-            server.terminate()
-            server.wait(60)
+    options: dict[str, str | int | float | bool] = {
+        "max_concurrent_generations": capacity,
+        "max_queued_generations": queue,
+        "cache_backend": "none",
+        "log_level": "warning",
+    }
+    async with server_process(options, OUT / "overload-server.log") as server:
+        async with grpc.aio.insecure_channel(server.target) as channel:
+            stub = pb_grpc.GenerateServiceStub(channel)
+            await _one(stub)  # warm-up
+            unloaded = await _closed_loop(stub, 1, phase_s / 3)
+            sustained = await _closed_loop(stub, capacity, phase_s)
+            sustainable_rate = sustained.requests_per_s
+            overload = await _open_loop(stub, 4 * sustainable_rate, phase_s)
+        peak_mb = _peak_rss_mb(server.pid)
+        alive = server.alive
     admitted = [latency for code, latency in overload if code == "OK"]
     rejected = [latency for code, latency in overload if code in ("RESOURCE_EXHAUSTED", "UNAVAILABLE")]
     other = sorted({code for code, _ in overload} - {"OK", "RESOURCE_EXHAUSTED", "UNAVAILABLE"})
@@ -110,11 +100,13 @@ async def bench_overload(capacity: int = 4, queue: int = 4, phase_s: float = 15.
         "offered_rate_per_s": 4 * sustainable_rate,
         "requests": len(overload),
         "rejected_share": len(rejected) / max(len(overload), 1),
-        "rejection_p99_ms": _p99(rejected) * 1000,
-        "admitted_p99_ms": _p99(admitted) * 1000,
-        "unloaded_p99_ms": _p99(unloaded) * 1000,
-        "unloaded_p50_ms": statistics.median(unloaded) * 1000,
+        "rejection_p99_ms": percentile(rejected, 99) * 1000,
+        "admitted_p99_ms": percentile(admitted, 99) * 1000,
+        "unloaded_p99_ms": unloaded.latency_p99_s * 1000,
+        "unloaded_p50_ms": unloaded.latency_p50_s * 1000,
         "other_codes": other,
+        "codes": dict(Counter(code for code, _ in overload)),
+        "closed_loop_non_ok": {"unloaded": unloaded.non_ok, "sustained": sustained.non_ok},
         "server_alive_after": alive,
         "server_peak_rss_mb": peak_mb,
     }

@@ -24,7 +24,7 @@ from typing import Any
 
 from rag_grpc.api.server import RagServer
 from rag_grpc.app import build_interceptors
-from rag_grpc.engines import Engines, open_engines
+from rag_grpc.engines import Engines, Generator, open_engines
 from rag_grpc.limits.admission import Admission
 from rag_grpc.logging import configure_logging
 from rag_grpc.service import RagService
@@ -49,18 +49,26 @@ class Served:
 
 @asynccontextmanager
 async def serving(
-    settings: Settings, *, with_generator: bool = True, interceptors: bool = False
+    settings: Settings,
+    *,
+    with_generator: bool = True,
+    interceptors: bool = False,
+    generators: dict[str, Generator] | None = None,
 ) -> AsyncIterator[Served]:
     """Engines, result cache and server up; all stopped on exit.
 
     interceptors=False serves the bare servicers (what the throughput rows measure: the interceptor
     chain has a row of its own); True adds the chain `rag-grpc serve` runs, admission control included.
+    generators, when given, replace the configured ones (the transport bench's instant engine).
     """
     configure_logging(settings.log_level, settings.log_json)
     async with (
-        open_engines(settings, with_generator=with_generator) as engines,
+        open_engines(settings, with_generator=with_generator and generators is None) as started,
         open_result_cache(settings) as cache,
     ):
+        engines = (
+            started if generators is None else Engines(started.embedder, started.vector_store, generators)
+        )
         service = RagService(engines, settings, cache)
         admission = Admission.for_generations(settings) if interceptors else None
         chain = build_interceptors(settings, admission=admission) if admission is not None else ()
@@ -75,7 +83,15 @@ async def serving(
 @dataclass(frozen=True)
 class ServerProcess:
     target: str
-    pid: int
+    process: asyncio.subprocess.Process
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
+
+    @property
+    def alive(self) -> bool:
+        return self.process.returncode is None
 
 
 @asynccontextmanager
@@ -106,7 +122,7 @@ async def server_process(
                 if process.returncode is not None or time.monotonic() > deadline:
                     raise RuntimeError(f"rag-grpc serve did not start; see {log_path}")
                 await asyncio.sleep(0.1)
-            yield ServerProcess(f"127.0.0.1:{int(port_file.read_text())}", process.pid)
+            yield ServerProcess(f"127.0.0.1:{int(port_file.read_text())}", process)
         finally:
             if process.returncode is None:
                 process.terminate()

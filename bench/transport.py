@@ -1,5 +1,8 @@
 """Transport ceiling: streamed Generate messages/s through the real server, with an engine that
-produces tokens instantly, so only gRPC, the servicer and the coalescing stream are measured."""
+produces tokens instantly, so only gRPC, the servicer and the coalescing stream are measured.
+
+Driven by the one closed loop (bench/load.py); the answer cache is off (cache_backend="none"), since
+every request here is the same greedy one and would otherwise be replayed from it."""
 
 from __future__ import annotations
 
@@ -11,11 +14,8 @@ from typing import Any, Self
 import grpc
 
 from bench.load import Sample, run_load
-from rag_grpc.api.server import RagServer
+from bench.server import bench_settings, serving
 from rag_grpc.domain import EngineInfo, FinishReason, GenerationChunk, GenerationRequest
-from rag_grpc.engines import Engines, open_engines
-from rag_grpc.service import RagService
-from rag_grpc.settings import Settings
 from rag_grpc.v1 import rag_pb2 as pb
 from rag_grpc.v1 import rag_pb2_grpc as pb_grpc
 
@@ -69,19 +69,15 @@ async def _messages_per_s(target: str, streams: int, tokens: int, duration_s: fl
         "streams": streams,
         "tokens_per_s": summary["items_per_s"],
         "messages_per_s": counts["messages"] / wall,
+        "tokens_per_stream": summary["items_per_request"],
+        "non_ok": summary["non_ok"],
     }
 
 
-async def bench_transport(settings: Settings | None = None, duration_s: float = 5.0) -> dict[str, Any]:
-    settings = (settings or Settings(_env_file=None)).with_overrides(port=0, log_level="warning")  # type: ignore[call-arg]
-    async with open_engines(settings, with_generator=False) as engines:
-        instant = Engines(engines.embedder, engines.vector_store, {"instant": InstantGenerator()})
-        server = RagServer(settings, RagService(instant, settings))
-        await server.start()
-        try:
-            rows = [await _messages_per_s(f"127.0.0.1:{server.port}", n, 256, duration_s) for n in (1, 32)]
-        finally:
-            await server.stop(0)
+async def bench_transport(duration_s: float = 5.0) -> dict[str, Any]:
+    settings = bench_settings(cache_backend="none")
+    async with serving(settings, generators={"instant": InstantGenerator()}) as served:
+        rows = [await _messages_per_s(served.target, n, 256, duration_s) for n in (1, 32)]
     print("\nTransport: streamed Generate with an instant engine (256 tokens per stream)")
     print(f"{'streams':>8} {'tokens/s':>10} {'messages/s':>11}")
     for row in rows:
