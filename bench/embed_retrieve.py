@@ -70,7 +70,7 @@ class Tally:
     def per_s(self) -> float:
         return self.items / self.seconds if self.seconds else 0.0
 
-    def summary(self) -> dict[str, float]:
+    def summary(self) -> dict[str, Any]:
         per_item = 1000.0 / max(self.items, 1)
         return {
             "per_s": self.per_s,

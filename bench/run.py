@@ -1,8 +1,17 @@
 """`make bench`: every benchmark side by side in one run, one table, a JSON file, and a new section at
 the top of bench/RESULTS.md. Each figure is compared with its baseline measured in the same run.
 
-    python -m bench.run            # full run (about 10 minutes on 2 cores; first run also builds peer venvs)
-    python -m bench.run --quick    # short smoke run
+    python -m bench.run                 # full run (about 15 minutes on 2 cores; first run also builds peer venvs)
+    python -m bench.run --quick         # short smoke run (a few minutes)
+    python -m bench.run --quick --only soak,generate --no-record   # some benchmarks only
+
+How the rows are made comparable: every load is bench/load.py's closed loop (the overload phase is an
+open loop, said so in bench/overload.py) and every percentile is its `percentile` (numpy's linear
+method); infinity-emb batches at most as many texts as our embedder (embed_batch_max_size); Generate
+streams are a fixed number of tokens on both sides (min_tokens = max_tokens for ours, no EOS token for
+the peer) and the table shows the tokens per stream each side really streamed; rows that measure
+compute run with the result caches off (cache_backend=none), said in their note; the non-OK column
+counts the answers of every gRPC-driven row by status code (those answers are left out of the figures).
 """
 
 from __future__ import annotations
@@ -13,13 +22,28 @@ import json
 import os
 import platform
 import subprocess
+from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from bench.load import format_codes
+
 ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "bench" / "out"
 RESULTS = ROOT / "bench" / "RESULTS.md"
+BENCHMARKS = (
+    "embed",
+    "retrieve",
+    "generate_engine",
+    "generate",
+    "transport",
+    "interceptors",
+    "overload",
+    "soak",
+)
+CACHES_OFF = "cache_backend=none"
 
 
 def _machine() -> str:
@@ -42,7 +66,7 @@ def _ratio(a: float, b: float) -> float:
     return a / b if b else float("nan")
 
 
-async def _run(quick: bool) -> dict[str, Any]:
+async def _run(quick: bool, only: set[str], soak_s: float | None, storm_s: float | None) -> dict[str, Any]:
     from bench import (
         embed_retrieve,
         generate_engine,
@@ -50,72 +74,125 @@ async def _run(quick: bool) -> dict[str, Any]:
         overload,
         peers,
         serve_generate,
+        soak,
         transport,
     )
 
-    short = {"rounds": 2, "service_s": 2.0, "raw_s": 0.5, "warmup_s": 1.0} if quick else {}
+    short: dict[str, Any] = {"rounds": 2, "service_s": 2.0, "raw_s": 0.5, "warmup_s": 1.0} if quick else {}
     results: dict[str, Any] = {}
-    results["embed"] = await embed_retrieve.bench_embed(**short)
-    results["embed_infinity"] = await peers.infinity_embed(duration_s=8.0 if quick else 20.0)
-    results["retrieve"] = await embed_retrieve.bench_retrieve(documents=20_000 if quick else 100_000, **short)
-    results["generate_engine"] = await generate_engine.bench_generate_engine(
-        **({"new_tokens": 32, "rounds": 1, "ttft_trials": 3} if quick else {})
-    )
-    seconds = 15.0 if quick else 30.0
-    results["generate_server"] = await serve_generate.serve_generate(duration_s=seconds)
-    results["generate_peer"] = await peers.transformers_serve_generate(duration_s=seconds)
-    results["transport"] = await transport.bench_transport(duration_s=2.0 if quick else 5.0)
-    results["interceptors"] = await asyncio.to_thread(
-        interceptor_overhead.run, **({"calls": 500, "rounds": 3} if quick else {})
-    )
-    results["overload"] = await overload.bench_overload(phase_s=8.0 if quick else 20.0)
+    if "embed" in only:
+        results["embed"] = await embed_retrieve.bench_embed(**short)
+        results["embed_infinity"] = await peers.infinity_embed(duration_s=8.0 if quick else 20.0)
+    if "retrieve" in only:
+        results["retrieve"] = await embed_retrieve.bench_retrieve(
+            documents=20_000 if quick else 100_000, **short
+        )
+    if "generate_engine" in only:
+        engine_quick: dict[str, Any] = {"new_tokens": 32, "rounds": 1, "ttft_trials": 3}
+        results["generate_engine"] = await generate_engine.bench_generate_engine(
+            **(engine_quick if quick else {})
+        )
+    if "generate" in only:
+        seconds = 15.0 if quick else 30.0
+        results["generate_server"] = await serve_generate.serve_generate(duration_s=seconds)
+        results["generate_peer"] = await peers.transformers_serve_generate(duration_s=seconds)
+    if "transport" in only:
+        results["transport"] = await transport.bench_transport(duration_s=2.0 if quick else 5.0)
+    if "interceptors" in only:
+        chain_quick: dict[str, Any] = {"calls": 500, "rounds": 3}
+        results["interceptors"] = await asyncio.to_thread(
+            interceptor_overhead.run, **(chain_quick if quick else {})
+        )
+    if "overload" in only:
+        results["overload"] = await overload.bench_overload(phase_s=8.0 if quick else 20.0)
+    if "soak" in only:
+        soak_config = soak.SoakConfig(duration_s=soak_s or (20.0 if quick else 120.0))
+        storm_config = soak.StormConfig(
+            duration_s=storm_s or (15.0 if quick else 60.0), long_tokens=128 if quick else 256
+        )
+        results["soak"] = await soak.bench_soak(soak_config, storm_config)
     return results
 
 
-def _table(results: dict[str, Any]) -> list[tuple[str, str, str, str]]:
-    """(benchmark, rag-grpc, baseline, ratio) rows."""
-    rows: list[tuple[str, str, str, str]] = []
+@dataclass(frozen=True)
+class Row:
+    benchmark: str
+    ours: str
+    baseline: str = ""
+    ratio: str = ""
+    non_ok: str = ""  # codes of the gRPC answers that were not OK; "" where no gRPC call is made
+    note: str = ""
+
+
+def _codes(*maps: dict[str, int]) -> str:
+    total: dict[str, int] = {}
+    for codes in maps:
+        for code, count in codes.items():
+            total[code] = total.get(code, 0) + count
+    return format_codes(total)
+
+
+def _embed_rows(results: dict[str, Any]) -> list[Row]:
     embed, inf = results["embed"], results["embed_infinity"]
     ours = embed["service"]["per_s"]
-    rows.append(
-        (
+    codes = _codes(embed["service"]["non_ok"])
+    return [
+        Row(
             "Embed, 64 clients x 1 text (texts/s)",
             f"{ours:.0f}",
             f"raw encode, batch {embed['raw_best_batch_size']}: {embed['raw_texts_per_s']:.0f}",
             f"{embed['ratio']:.2f} (median of rounds {embed['ratio_median_of_rounds']:.2f}; target >= 0.85)",
-        )
-    )
-    rows.append(
-        (
+            codes,
+            f"{CACHES_OFF}; mean model batch {embed['service_mean_batch']:.1f}",
+        ),
+        Row(
             "Embed vs infinity-emb, same load (texts/s)",
             f"{ours:.0f}",
             f"infinity-emb {inf['texts_per_s']:.0f}",
             f"{_ratio(ours, inf['texts_per_s']):.2f} (target >= 1.5)",
-        )
-    )
+            f"{codes} (infinity: HTTP errors fail the run)",
+            f"batch cap 64 on both sides (infinity --batch-size {inf['batch_size']}); "
+            f"{CACHES_OFF}, infinity --no-vector-disk-cache",
+        ),
+    ]
+
+
+def _retrieve_rows(results: dict[str, Any]) -> list[Row]:
     retrieve = results["retrieve"]
+    rows = []
     for mode, target in (("vector", " (target >= 0.8)"), ("text", "")):
         service, raw = retrieve[f"by_{mode}"], retrieve[f"raw_{mode}"]
         rows.append(
-            (
+            Row(
                 f"Retrieve by {mode}, {retrieve['documents']:,} docs, 64 callers (QPS)",
                 f"{service['per_s']:.0f} (p50 {service['p50_ms']:.0f} ms, p99 {service['p99_ms']:.0f} ms)",
                 f"raw FAISS batch: {raw['per_s']:.0f}",
                 f"{retrieve[f'{mode}_ratio']:.2f}{target}",
+                _codes(service["non_ok"]),
+                CACHES_OFF,
             )
         )
-    for streams, engine_row in results["generate_engine"]["results"].items():
+    return rows
+
+
+def _generate_engine_rows(results: dict[str, Any]) -> list[Row]:
+    report = results["generate_engine"]
+    rows = []
+    for streams, engine_row in report["results"].items():
         raw, engine = engine_row["raw"], engine_row["engine"]
         rows.append(
-            (
-                f"Generate engine, {streams} concurrent x {results['generate_engine']['new_tokens']} tokens (tok/s)",
+            Row(
+                f"Generate engine, {streams} concurrent x {report['new_tokens']} tokens (tok/s)",
                 f"{engine['tokens_per_s']:.1f}",
                 f"raw batch-{streams} generate: {raw['tokens_per_s']:.1f}",
                 f"{engine_row['throughput_ratio']:.2f}" + (" (target >= 0.85)" if streams == "16" else ""),
+                "",
+                f"in-process, no gRPC; fewest tokens in an engine stream {engine['min_tokens']} "
+                f"(raw: min_new_tokens = {report['new_tokens']})",
             )
         )
         rows.append(
-            (
+            Row(
                 f"  TTFT p50 / p99, {streams} concurrent (ms)",
                 f"{engine['ttft_p50_ms']:.0f} / {engine['ttft_p99_ms']:.0f}",
                 f"raw {raw['ttft_p50_ms']:.0f} / {raw['ttft_p99_ms']:.0f}",
@@ -123,84 +200,188 @@ def _table(results: dict[str, Any]) -> list[tuple[str, str, str, str]]:
                 + (" (target <= +10 ms)" if streams == "1" else ""),
             )
         )
-    peer_rows = {row["streams"]: row for row in results["generate_peer"]["rows"]}
-    for ours_row in results["generate_server"]["rows"]:
-        streams = ours_row["streams"]
-        peer = peer_rows.get(streams, {})
-        rows.append(
-            (
-                f"Generate via gRPC, {streams} stream(s) (tok/s; TTFT p50 ms)",
-                f"{ours_row['tokens_per_s']:.1f}; {ours_row['ttft_p50_ms']:.0f}",
-                f"transformers serve: {peer.get('tokens_per_s', 0):.1f}; {peer.get('ttft_p50_ms', 0):.0f}",
-                f"{_ratio(ours_row['tokens_per_s'], peer.get('tokens_per_s', 0)):.2f}"
-                + (" (target >= 1.5)" if streams == 16 else ""),
-            )
-        )
-    for row in results["transport"]["rows"]:
-        rows.append(
-            (
-                f"Transport, instant engine, {row['streams']} stream(s)",
-                f"{row['messages_per_s']:.0f} msg/s",
-                f"{row['tokens_per_s']:.0f} tok/s delivered",
-                "coalesced",
-            )
-        )
-    chain = results["interceptors"]
-    full, bare = chain["variants"]["full"], chain["variants"]["bare"]
-    rows.append(
-        (
-            "Unary Info, full interceptor chain vs none (p50 / p99 ms)",
-            f"{full['p50_ms']:.3f} / {full['p99_ms']:.3f}",
-            f"no interceptors {bare['p50_ms']:.3f} / {bare['p99_ms']:.3f}",
-            f"+{chain['overhead_p50_ms']:.3f} ms at p50 (target <= +0.3 ms)",
-        )
-    )
-    over = results["overload"]
-    rows.append(
-        (
-            "Overload at 4x sustainable Generate rate: rejected share",
-            f"{over['rejected_share']:.0%}",
-            f"{over['requests']} requests at {over['offered_rate_per_s']:.1f}/s",
-            "",
-        )
-    )
-    rows.append(("  rejection latency p99 (ms)", f"{over['rejection_p99_ms']:.1f}", "", "target <= 50 ms"))
-    rows.append(
-        (
-            "  admitted p99 vs unloaded p99 (ms)",
-            f"{over['admitted_p99_ms']:.0f}",
-            f"unloaded {over['unloaded_p99_ms']:.0f}",
-            f"server alive: {over['server_alive_after']}, peak RSS {over['server_peak_rss_mb']:.0f} MB",
-        )
-    )
     return rows
 
 
-def _markdown(rows: list[tuple[str, str, str, str]], machine: str, quick: bool) -> str:
+def _stream_cell(row: dict[str, Any]) -> str:
+    return (
+        f"{row.get('tokens_per_s', 0):.1f} tok/s; TTFT {row.get('ttft_p50_ms', 0):.0f} ms; "
+        f"{row.get('tokens_per_stream', 0):.1f} tok/stream (fewest {row.get('fewest_tokens_per_stream', 0)})"
+    )
+
+
+def _generate_rows(results: dict[str, Any]) -> list[Row]:
+    ours_all, peer_all = results["generate_server"], results["generate_peer"]
+    peer_rows = {row["streams"]: row for row in peer_all["rows"]}
+    rows = []
+    for ours in ours_all["rows"]:
+        streams = ours["streams"]
+        peer = peer_rows.get(streams, {})
+        rows.append(
+            Row(
+                f"Generate via gRPC, {streams} stream(s) x {ours_all['tokens']} tokens",
+                _stream_cell(ours),
+                f"transformers serve: {_stream_cell(peer)}",
+                f"{_ratio(ours['tokens_per_s'], peer.get('tokens_per_s', 0)):.2f}"
+                + (" (target >= 1.5)" if streams == 16 else ""),
+                _codes(ours["non_ok"]),
+                f"greedy; ours min_tokens = max_tokens, peer without EOS token; {CACHES_OFF}",
+            )
+        )
+    return rows
+
+
+def _other_rows(results: dict[str, Any]) -> list[Row]:
+    rows: list[Row] = []
+    for row in results.get("transport", {}).get("rows", ()):
+        rows.append(
+            Row(
+                f"Transport, instant engine, {row['streams']} stream(s) x 256 tokens",
+                f"{row['messages_per_s']:.0f} msg/s",
+                f"{row['tokens_per_s']:.0f} tok/s delivered",
+                "coalesced",
+                _codes(row["non_ok"]),
+                f"{row['tokens_per_stream']:.0f} tok/stream; {CACHES_OFF}",
+            )
+        )
+    if "interceptors" in results:
+        chain = results["interceptors"]
+        full, bare = chain["variants"]["full"], chain["variants"]["bare"]
+        rows.append(
+            Row(
+                "Unary Info, full interceptor chain vs none (p50 / p99 ms)",
+                f"{full['p50_ms']:.3f} / {full['p99_ms']:.3f}",
+                f"no interceptors {bare['p50_ms']:.3f} / {bare['p99_ms']:.3f}",
+                f"+{chain['overhead_p50_ms']:.3f} ms at p50 (target <= +0.3 ms)",
+                _codes(full["non_ok"], bare["non_ok"]),
+                "one client; Info touches no cache",
+            )
+        )
+    if "overload" in results:
+        over = results["overload"]
+        rows += [
+            Row(
+                "Overload at 4x sustainable Generate rate: rejected share",
+                f"{over['rejected_share']:.0%}",
+                f"{over['requests']} requests at {over['offered_rate_per_s']:.1f}/s",
+                "",
+                _codes({k: v for k, v in over["codes"].items() if k != "OK"}),
+                "open loop; sampled requests, cache_backend=none; rejections are the expected non-OK",
+            ),
+            Row("  rejection latency p99 (ms)", f"{over['rejection_p99_ms']:.1f}", "", "target <= 50 ms"),
+            Row(
+                "  admitted p99 vs unloaded p99 (ms)",
+                f"{over['admitted_p99_ms']:.0f}",
+                f"unloaded {over['unloaded_p99_ms']:.0f}",
+                f"server alive: {over['server_alive_after']}, peak RSS {over['server_peak_rss_mb']:.0f} MB",
+                _codes(*over["closed_loop_non_ok"].values()),
+                "non-OK here: the closed-loop unloaded and sustained phases",
+            ),
+        ]
+    return rows
+
+
+def _soak_rows(results: dict[str, Any]) -> list[Row]:
+    soak = results["soak"]
+    rows = []
+    for name, config, label in (
+        (
+            "soak",
+            soak["soak_config"],
+            "Soak: {callers} callers x {duration_s:.0f} s, mixed calls, Redis caches on",
+        ),
+        ("storm", soak["storm_config"], "Deadline storm: {callers} callers x {duration_s:.0f} s"),
+    ):
+        verdict = soak[name]
+        callers = (
+            config["generation_callers"] + config["other_callers"]
+            if name == "soak"
+            else config["long_streams"] + config["deadline_callers"]
+        )
+        non_ok = {code: n for code, n in verdict["codes"].items() if code != "OK"}
+        rows.append(
+            Row(
+                label.format(callers=callers, duration_s=verdict["duration_s"]),
+                f"{verdict['calls']} calls, {verdict['codes'].get('OK', 0)} OK",
+                "",
+                ("PASS" if verdict["passed"] else "FAIL")
+                + f": INTERNAL/UNKNOWN {sum(verdict['failing'].values())}, UNAVAILABLE with <= "
+                f"{verdict['capacity']} Generate callers {verdict['unavailable_within_capacity']}",
+                format_codes(non_ok),
+                "per kind below; DEADLINE_EXCEEDED and CANCELLED are the deadline and cancel kinds' expected codes",
+            )
+        )
+    return rows
+
+
+_ROW_MAKERS: tuple[tuple[str, Callable[[dict[str, Any]], list[Row]]], ...] = (
+    ("embed", _embed_rows),
+    ("retrieve", _retrieve_rows),
+    ("generate_engine", _generate_engine_rows),
+    ("generate_server", _generate_rows),
+    ("", _other_rows),
+    ("soak", _soak_rows),
+)
+
+
+def _table(results: dict[str, Any]) -> list[Row]:
+    rows: list[Row] = []
+    for key, make in _ROW_MAKERS:
+        if not key or key in results:
+            rows += make(results)
+    return rows
+
+
+def _soak_details(results: dict[str, Any]) -> list[str]:
+    """Codes per call kind of the soak and the storm, as markdown lines."""
+    if "soak" not in results:
+        return []
+    soak = results["soak"]
+    lines = ["", "Soak and deadline storm, status codes per call kind:", ""]
+    for name in ("soak", "storm"):
+        verdict = soak[name]
+        lines.append(
+            f"- {name} ({verdict['calls']} calls, peak {verdict['peak_generation_callers']} Generate callers):"
+        )
+        for kind, codes in verdict["codes_by_kind"].items():
+            lines.append(f"  - {kind}: {format_codes(codes)}")
+    return lines
+
+
+def _markdown(rows: list[Row], machine: str, quick: bool, details: list[str]) -> str:
     stamp = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
     lines = [
         f"## {stamp}{' (quick)' if quick else ''}",
         "",
         f"Machine: {machine}",
         "",
-        "| benchmark | rag-grpc | baseline (same run) | ratio |",
-        "|---|---|---|---|",
+        "| benchmark | rag-grpc | baseline (same run) | ratio | non-OK | note |",
+        "|---|---|---|---|---|---|",
     ]
-    lines += [f"| {a} | {b} | {c} | {d} |" for a, b, c, d in rows]
-    return "\n".join(lines) + "\n"
+    lines += [
+        f"| {r.benchmark} | {r.ours} | {r.baseline} | {r.ratio} | {r.non_ok} | {r.note} |" for r in rows
+    ]
+    return "\n".join(lines + details) + "\n"
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--no-record", action="store_true", help="do not add the run to bench/RESULTS.md")
+    parser.add_argument(
+        "--only", help=f"comma-separated benchmarks to run (default all): {','.join(BENCHMARKS)}"
+    )
+    parser.add_argument("--soak-s", type=float, help="soak duration (default 120 s, quick 20 s)")
+    parser.add_argument("--storm-s", type=float, help="deadline storm duration (default 60 s, quick 15 s)")
     args = parser.parse_args()
+    only = set(args.only.split(",")) if args.only else set(BENCHMARKS)
+    if unknown := only - set(BENCHMARKS):
+        parser.error(f"unknown benchmarks: {', '.join(sorted(unknown))}")
     machine = _machine()
-    results = asyncio.run(_run(args.quick))
+    results = asyncio.run(_run(args.quick, only, args.soak_s, args.storm_s))
     OUT.mkdir(parents=True, exist_ok=True)
     (OUT / "results.json").write_text(json.dumps({"machine": machine, **results}, indent=2, default=str))
-    rows = _table(results)
-    section = _markdown(rows, machine, args.quick)
+    section = _markdown(_table(results), machine, args.quick, _soak_details(results))
     print("\n" + section)
     if not args.no_record:
         header = "# Benchmark results\n\nNewest first. Produced by `make bench` (bench/run.py); every ratio compares figures measured in the same run.\n\n"
