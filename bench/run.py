@@ -341,7 +341,9 @@ def _soak_details(results: dict[str, Any]) -> list[str]:
     for name in ("soak", "storm"):
         verdict = soak[name]
         lines.append(
-            f"- {name} ({verdict['calls']} calls, peak {verdict['peak_generation_callers']} Generate callers):"
+            f"- {name} ({verdict['calls']} calls, peak {verdict['peak_generation_callers']} Generate callers; "
+            f"{verdict.get('deadline_before_first_token', 0)} Generates passed their deadline before the "
+            "first token, i.e. in retrieval, the queue or prefill):"
         )
         for kind, codes in verdict["codes_by_kind"].items():
             lines.append(f"  - {kind}: {format_codes(codes)}")

@@ -92,6 +92,7 @@ class Verdict:
     duration_s: float
     codes_by_kind: dict[str, dict[str, int]] = field(default_factory=dict)
     unavailable_within_capacity: int = 0  # Generate answered UNAVAILABLE with <= capacity callers on
+    deadline_before_first_token: int = 0  # DEADLINE_EXCEEDED Generates that had streamed no token yet
     peak_generation_callers: int = 0
     cancelled_in_flight: int = 0  # calls still running after the drain, cut off by the bench
 
@@ -152,6 +153,8 @@ def judge(
             verdict.peak_generation_callers = max(verdict.peak_generation_callers, m.in_flight)
             if m.code == "UNAVAILABLE" and m.in_flight <= capacity:
                 verdict.unavailable_within_capacity += 1
+            if m.code == "DEADLINE_EXCEEDED" and m.ttft_s is None:
+                verdict.deadline_before_first_token += 1
     verdict.codes_by_kind = {kind: dict(codes) for kind, codes in sorted(by_kind.items())}
     return verdict
 
@@ -164,17 +167,24 @@ def _round_robin(kinds: Sequence[str]) -> Callable[[int], str]:
 
 
 async def _stream(call: Any, cancel_after: int | None = None) -> Sample:
-    """Reads a Generate stream to its end, or cancels it after `cancel_after` messages."""
+    """Reads a Generate stream to its end, or cancels it after `cancel_after` messages.
+
+    A stream that ends with an error keeps what it got before (so a deadline that passed before the
+    first token, during retrieval or prefill, can be told from one that passed while decoding).
+    """
     messages = tokens = 0
     first: float | None = None
-    async for message in call:
-        messages += 1
-        if message.HasField("delta"):
-            tokens += message.delta.token_count
-            first = first or time.perf_counter()
-        if cancel_after is not None and messages >= cancel_after:
-            call.cancel()
-            return Sample(items=tokens, first_item_at=first, code="CANCELLED")
+    try:
+        async for message in call:
+            messages += 1
+            if message.HasField("delta"):
+                tokens += message.delta.token_count
+                first = first or time.perf_counter()
+            if cancel_after is not None and messages >= cancel_after:
+                call.cancel()
+                return Sample(items=tokens, first_item_at=first, code="CANCELLED")
+    except grpc.aio.AioRpcError as err:
+        return Sample(items=tokens, first_item_at=first, code=err.code().name)
     return Sample(items=tokens, first_item_at=first)
 
 
@@ -348,6 +358,9 @@ async def bench_soak(
 def print_verdicts(verdicts: Sequence[Verdict]) -> None:
     for verdict in verdicts:
         print(f"\n{verdict.name}: {verdict.calls} calls in {verdict.duration_s:.0f} s -> {verdict.line()}")
+        print(
+            f"  ({verdict.deadline_before_first_token} Generates passed their deadline before the first token)"
+        )
         width = max(len(kind) for kind in verdict.codes_by_kind) if verdict.codes_by_kind else 4
         for kind, codes in verdict.codes_by_kind.items():
             print(f"  {kind:<{width}}  {format_codes(codes)}")

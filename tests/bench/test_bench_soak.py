@@ -33,6 +33,7 @@ def test_expected_codes_pass_and_are_counted_per_kind() -> None:
     assert verdict.codes_by_kind["embed"] == {"OK": 2}
     assert verdict.codes == {"OK": 3, "DEADLINE_EXCEEDED": 1, "CANCELLED": 1}
     assert verdict.peak_generation_callers == 4
+    assert verdict.deadline_before_first_token == 1  # no first token was timed
     assert verdict.line().startswith("PASS")
 
 
