@@ -99,21 +99,13 @@ def _raw_generate(
     return elapsed, clock.first_token_at - started
 
 
-def _fixed_length(options: Any, tokens: int) -> Any:
-    """Greedy SamplingOptions for exactly `tokens` tokens."""
-    # TODO(min_tokens): drop this fallback once SamplingOptions.min_tokens is on main.
-    if "min_tokens" not in options.__dataclass_fields__:
-        return options(max_tokens=tokens, temperature=0.0)
-    return options(max_tokens=tokens, temperature=0.0, min_tokens=tokens)
-
-
 async def _engine_round(generator: Any, prompts: list[str], new_tokens: int) -> dict[str, Any]:
     from rag_grpc.domain import ChatMessage, GenerationRequest, SamplingOptions
 
     async def one(prompt: str) -> tuple[float, int]:
-        request = GenerationRequest(
-            uuid.uuid4().hex, [ChatMessage("user", prompt)], _fixed_length(SamplingOptions, new_tokens)
-        )
+        # min_tokens = max_tokens: end-of-sequence is suppressed, as raw generate's min_new_tokens does.
+        sampling = SamplingOptions(max_tokens=new_tokens, temperature=0.0, min_tokens=new_tokens)
+        request = GenerationRequest(uuid.uuid4().hex, [ChatMessage("user", prompt)], sampling)
         started = time.perf_counter()
         first_text_at: float | None = None
         tokens = 0
@@ -135,11 +127,16 @@ async def _engine_round(generator: Any, prompts: list[str], new_tokens: int) -> 
     }
 
 
+def _model_and_tokenizer(generator: Any) -> tuple[Any, Any]:
+    """The very model and tokenizer the engine serves with (its private parts), so both sides run the
+    same weights and the same chat template."""
+    return generator._model, generator._template.tokenizer
+
+
 async def _measure(
     generator: Any, n: int, new_tokens: int, rounds: int, ttft_trials: int, deadline: float
 ) -> dict[str, Any]:
-    # The very model and tokenizer the engine serves with, so both sides run the same weights.
-    model, tokenizer = generator._model, generator._tokenizer
+    model, tokenizer = _model_and_tokenizer(generator)
     texts = [story_prompt(i) for i in range(n)]
     prompt_ids = [
         tokenizer.apply_chat_template(
@@ -212,14 +209,19 @@ async def bench_generate_engine(
     from rag_grpc.engines.transformers_generator import TransformersGenerator
     from rag_grpc.settings import Settings
 
-    settings = Settings(_env_file=None, generator_backend="transformers", generator_device="cpu")  # type: ignore[call-arg]
-    settings = settings.with_overrides(max_concurrent_generations=max(batch_sizes))
+    settings = Settings(  # type: ignore[call-arg]
+        _env_file=None,
+        generator_backend="transformers",
+        generator_device="cpu",
+        max_concurrent_generations=max(batch_sizes),  # the engine's batch
+    )
     generator = await build_generator(settings)
     assert isinstance(generator, TransformersGenerator)
     deadline = time.monotonic() + max_seconds
     async with generator:
-        warm_ids = generator._tokenizer.encode(story_prompt(0))
-        await asyncio.to_thread(_raw_generate, generator._model, generator._tokenizer, [warm_ids], 4)
+        model, tokenizer = _model_and_tokenizer(generator)
+        warm_ids = tokenizer.encode(story_prompt(0))
+        await asyncio.to_thread(_raw_generate, model, tokenizer, [warm_ids], 4)
         await _engine_round(generator, [story_prompt(0)], 4)
         results = {
             str(n): await _measure(generator, n, new_tokens, rounds, ttft_trials if n == 1 else 0, deadline)

@@ -1,9 +1,12 @@
 """Latency cost of the interceptor chain on a unary call, side by side in one run.
 
 A child process loads the engines once and serves the same RagService twice on loopback: "bare"
-(RagServer with no interceptors but its built-in error mapping) and "full" (build_interceptors with
-an API key, an in-memory rate limit on every method, admission, metrics and the JSON request log,
-written to /dev/null), plus "full+redis" when a Redis URL is given. This process calls Info (no
+(RagServer as `make serve` runs it: the chain every server has, i.e. the JSON request log written to
+/dev/null, metrics, error mapping, drain, deadline ceiling and request decoding, without keys or
+rate limits) and "full" (the same plus an API key and an in-memory rate limit on every method),
+plus "full+redis" when a Redis URL is given. Since the consolidation (api/interceptors/chain.py) a
+RagServer cannot be built without its always-on part, so the difference measured is what auth and
+rate limiting add; the always-on part is in both. This process calls Info (no
 engine work, so transport and interceptors dominate) through the one closed loop (bench/load.py) with
 a single client, alternating the servers in rounds so that noise from the shared machine falls on
 both alike. Percentiles are bench/load.py's; non-OK answers are counted, not timed.
@@ -50,7 +53,6 @@ async def _serve(conn: Connection, redis_url: str | None) -> None:
     from prometheus_client import CollectorRegistry
 
     from rag_grpc.api.server import RagServer
-    from rag_grpc.app import build_interceptors
     from rag_grpc.engines import open_engines
     from rag_grpc.limits.rate_limiter import build_rate_limiter
     from rag_grpc.logging import configure_logging
@@ -72,8 +74,8 @@ async def _serve(conn: Connection, redis_url: str | None) -> None:
             settings = Settings(_env_file=None, host="127.0.0.1", port=0, **overrides)  # type: ignore[call-arg]
             limiter = build_rate_limiter(settings.limits)
             limiters.append(limiter)
-            chain = build_interceptors(settings, GrpcMetrics(CollectorRegistry()), limiter)
-            servers[name] = RagServer(settings, service, chain)
+            metrics = GrpcMetrics(CollectorRegistry())
+            servers[name] = RagServer(settings, service, grpc_metrics=metrics, limiter=limiter)
         ports = {name: await server.start() for name, server in servers.items()}
         conn.send(ports)
         await asyncio.get_running_loop().run_in_executor(None, conn.recv)

@@ -25,9 +25,6 @@ from rag_grpc.v1 import rag_pb2_grpc as pb_grpc
 
 def fixed_length(tokens: int, **sampling: Any) -> pb.SamplingParams:
     """SamplingParams for a stream of exactly `tokens` tokens (no stop strings, EOS suppressed)."""
-    # TODO(min_tokens): drop this fallback once SamplingParams.min_tokens is on main.
-    if "min_tokens" not in pb.SamplingParams.DESCRIPTOR.fields_by_name:
-        return pb.SamplingParams(max_tokens=tokens, **sampling)
     return pb.SamplingParams(max_tokens=tokens, min_tokens=tokens, **sampling)
 
 

@@ -22,10 +22,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from rag_grpc.api.server import RagServer
-from rag_grpc.app import build_interceptors
+from prometheus_client import CollectorRegistry
+
+from rag_grpc.app import build_server
 from rag_grpc.engines import Engines, Generator, open_engines
-from rag_grpc.limits.admission import Admission
 from rag_grpc.logging import configure_logging
 from rag_grpc.service import RagService
 from rag_grpc.service.cache import open_result_cache
@@ -44,7 +44,6 @@ class Served:
     settings: Settings
     engines: Engines
     service: RagService
-    admission: Admission | None  # None when served without interceptors
 
 
 @asynccontextmanager
@@ -52,13 +51,11 @@ async def serving(
     settings: Settings,
     *,
     with_generator: bool = True,
-    interceptors: bool = False,
     generators: dict[str, Generator] | None = None,
 ) -> AsyncIterator[Served]:
-    """Engines, result cache and server up; all stopped on exit.
+    """Engines, result cache and server up, assembled by rag_grpc.app.build_server as `rag-grpc serve`
+    does (interceptor chain, admission of generations in the service); all stopped on exit.
 
-    interceptors=False serves the bare servicers (what the throughput rows measure: the interceptor
-    chain has a row of its own); True adds the chain `rag-grpc serve` runs, admission control included.
     generators, when given, replace the configured ones (the transport bench's instant engine).
     """
     configure_logging(settings.log_level, settings.log_json)
@@ -69,13 +66,10 @@ async def serving(
         engines = (
             started if generators is None else Engines(started.embedder, started.vector_store, generators)
         )
-        service = RagService(engines, settings, cache)
-        admission = Admission.for_generations(settings) if interceptors else None
-        chain = build_interceptors(settings, admission=admission) if admission is not None else ()
-        server = RagServer(settings, service, chain)
+        server = build_server(settings, engines, registry=CollectorRegistry(), cache=cache)
         port = await server.start()
         try:
-            yield Served(f"127.0.0.1:{port}", settings, engines, service, admission)
+            yield Served(f"127.0.0.1:{port}", settings, engines, server.service)
         finally:
             await server.stop(0)
 

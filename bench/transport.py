@@ -35,6 +35,9 @@ class InstantGenerator:
     def num_running_requests(self) -> int:
         return 0
 
+    async def check_health(self) -> None:
+        return None
+
     async def generate(self, request: GenerationRequest) -> AsyncIterator[GenerationChunk]:
         for i in range(request.sampling.max_tokens):
             last = i == request.sampling.max_tokens - 1

@@ -67,7 +67,7 @@ async def test_a_short_soak_against_an_in_process_server_passes(redis_url: str) 
     settings = bench_settings(generator_backend="none", cache_backend="redis", cache_redis_url=redis_url)
     config = SoakConfig(duration_s=1.0, generation_callers=3, other_callers=5, max_requests=2_000)
 
-    async with serving(settings, with_generator=False, interceptors=True) as served:
+    async with serving(settings, with_generator=False) as served:
         verdict = await run_soak(served.target, settings.max_concurrent_generations, config)
 
     assert verdict.passed, verdict.summary()
