@@ -57,8 +57,9 @@ proto: $(BIN)/python
 	$(BIN)/pip install -q --no-deps -e .
 
 # Every server in the run (ours in-process, the peers as children) gets the same OpenMP policy:
-# active spin-waiting starves the other threads on a shared 2-core machine.
-bench: install
+# active spin-waiting starves the other threads on a shared 2-core machine. The soak keeps its caches
+# in a throwaway redis-server on loopback, as the tests do.
+bench: install redis-server
 	$(BIN)/pip install -q -e '.[bench]'
 	OMP_WAIT_POLICY=PASSIVE $(BIN)/python -m bench.run
 
