@@ -242,11 +242,13 @@ def _soak_other_call(stubs: _Stubs, dimension: int, seed: int) -> Callable[[int]
 
     async def call(i: int) -> Sample:
         kind = kind_of(i)
+        # A couple of hundred distinct query texts: the embedding and retrieval caches both hit and miss
+        # (and every write below invalidates the cached retrievals).
+        text = short_text((i // len(OTHER_KINDS)) % 200)
         if kind == "embed":
-            # A few dozen distinct texts: the embedding cache both hits and misses.
-            await stubs.embed.Embed(pb.EmbedRequest(texts=[short_text(i % 40)]), timeout=30)
+            await stubs.embed.Embed(pb.EmbedRequest(texts=[text]), timeout=30)
         elif kind == "retrieve_text":
-            await stubs.retrieve.Retrieve(pb.RetrieveRequest(text=short_text(i % 40), top_k=5), timeout=30)
+            await stubs.retrieve.Retrieve(pb.RetrieveRequest(text=text, top_k=5), timeout=30)
         elif kind == "retrieve_vector":
             query = pb.Vector(values=vectors[i % len(vectors)])
             await stubs.retrieve.Retrieve(pb.RetrieveRequest(vector=query, top_k=5), timeout=30)

@@ -74,7 +74,9 @@ async def test_a_short_soak_against_an_in_process_server_passes(redis_url: str) 
     assert set(verdict.codes_by_kind) == {*GENERATION_KINDS, *OTHER_KINDS}
     for kind in OTHER_KINDS:
         assert verdict.codes_by_kind[kind] == {"OK": verdict.codes_by_kind[kind]["OK"]}
-    for kind in GENERATION_KINDS:
-        assert set(verdict.codes_by_kind[kind]) == {"FAILED_PRECONDITION"}
+    assert set(verdict.codes_by_kind["generate_short"]) == {"FAILED_PRECONDITION"}
+    assert set(verdict.codes_by_kind["generate_cancelled"]) == {"FAILED_PRECONDITION"}
+    # 0.3 s includes embedding the query for retrieval, which a busy machine may not finish in time.
+    assert set(verdict.codes_by_kind["generate_deadline"]) <= {"FAILED_PRECONDITION", "DEADLINE_EXCEEDED"}
     assert verdict.peak_generation_callers <= 3
     assert verdict.cancelled_in_flight == 0
