@@ -58,7 +58,8 @@ async def serving(
 
     generators, when given, replace the configured ones (the transport bench's instant engine).
     """
-    configure_logging(settings.log_level, settings.log_json)
+    # An explicit stream: the server's log lines only, the bench process keeps its own exception hooks.
+    configure_logging(settings.log_level, settings.log_json, stream=sys.stderr)
     async with (
         open_engines(settings, with_generator=with_generator and generators is None) as started,
         open_result_cache(settings) as cache,
