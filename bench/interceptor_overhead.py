@@ -60,7 +60,7 @@ async def _serve(conn: Connection, redis_url: str | None) -> None:
     from rag_grpc.service import RagService
     from rag_grpc.settings import Settings
 
-    devnull = open(os.devnull, "w")  # noqa: SIM115, ASYNC230 - opened once, lives as long as the process
+    devnull = open(os.devnull, "w")  # noqa: SIM115 - opened once, lives as long as the process
     configure_logging("info", json=True, stream=devnull)
     base = Settings(_env_file=None, host="127.0.0.1", port=0)  # type: ignore[call-arg]
     variants = {"full": _full_overrides(None)}
