@@ -38,7 +38,7 @@ def _peak_rss_mb(pid: int) -> float:
     return float("nan")
 
 
-async def _one(stub: pb_grpc.GenerateServiceStub) -> Sample:
+async def _one(stub: pb_grpc.GenerateServiceAsyncStub) -> Sample:
     items = 0
     async for message in stub.Generate(REQUEST, timeout=120):
         if message.HasField("delta"):
@@ -46,12 +46,12 @@ async def _one(stub: pb_grpc.GenerateServiceStub) -> Sample:
     return Sample(items=items)
 
 
-async def _closed_loop(stub: pb_grpc.GenerateServiceStub, clients: int, duration_s: float) -> LoadResult:
+async def _closed_loop(stub: pb_grpc.GenerateServiceAsyncStub, clients: int, duration_s: float) -> LoadResult:
     return await run_load(lambda _: _one(stub), clients, duration_s, max_requests=2_000)
 
 
 async def _open_loop(
-    stub: pb_grpc.GenerateServiceStub, rate_per_s: float, duration_s: float
+    stub: pb_grpc.GenerateServiceAsyncStub, rate_per_s: float, duration_s: float
 ) -> list[tuple[str, float]]:
     """(code, latency) of requests sent at rate_per_s for duration_s, whether or not earlier ones finished."""
 

@@ -126,7 +126,7 @@ _THREADING_PREFIXES = ("OMP_", "GOMP_", "KMP_", "MKL_")
 def _peer_environment(venv: Path, torch_threads: int, **extra: str) -> dict[str, str]:
     """A small, explicit environment: offline, no telemetry, only the peer's venv on PATH.
 
-    torch_threads has the meaning of our EngineSettings.torch_threads (0 keeps torch's default), so a peer can
+    torch_threads has the meaning of our Settings.torch_threads (0 keeps torch's default), so a peer can
     be given the same intra-op threads as our server.
     """
     env = {name: value for name, value in os.environ.items() if name.startswith(_THREADING_PREFIXES)}
@@ -313,9 +313,8 @@ def converted_smollm2_dir() -> Path:
     from rag_grpc.engines.model_files import BUNDLED_GENERATOR, converted_model_dir, resolve_generator_source
     from rag_grpc.settings import Settings
 
-    return converted_model_dir(
-        resolve_generator_source(BUNDLED_GENERATOR), Settings().engines.model_cache_dir
-    )
+    settings = Settings()  # type: ignore[call-arg]
+    return converted_model_dir(resolve_generator_source(BUNDLED_GENERATOR), settings.model_cache_dir)
 
 
 @asynccontextmanager

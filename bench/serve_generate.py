@@ -28,7 +28,7 @@ def fixed_length(tokens: int, **sampling: Any) -> pb.SamplingParams:
     return pb.SamplingParams(max_tokens=tokens, min_tokens=tokens, **sampling)
 
 
-async def stream_tokens(stub: pb_grpc.GenerateServiceStub, request: pb.GenerateRequest) -> Sample:
+async def stream_tokens(stub: pb_grpc.GenerateServiceAsyncStub, request: pb.GenerateRequest) -> Sample:
     """Reads one Generate stream: tokens from the deltas, and when the first delta arrived."""
     first, items = None, 0
     async for message in stub.Generate(request):
