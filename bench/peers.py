@@ -217,10 +217,10 @@ def _http_session(concurrency: int, timeout_s: float) -> aiohttp.ClientSession:
 
 
 def our_embed_batch_cap() -> int:
-    """Our embedder batcher's cap on texts per model call (Settings.embed_batch_max_size, 64)."""
-    from rag_grpc.settings import Settings
+    """Our embedder batcher's cap on texts per model call (embed_batch_max_size, 64 by default)."""
+    from rag_grpc.settings import EngineSettings
 
-    return int(Settings.model_fields["embed_batch_max_size"].default)
+    return EngineSettings.model_validate({}).embed_batch_max_size
 
 
 @asynccontextmanager
@@ -313,8 +313,8 @@ def converted_smollm2_dir() -> Path:
     from rag_grpc.engines.model_files import BUNDLED_GENERATOR, converted_model_dir, resolve_generator_source
     from rag_grpc.settings import Settings
 
-    settings = Settings()  # type: ignore[call-arg]
-    return converted_model_dir(resolve_generator_source(BUNDLED_GENERATOR), settings.model_cache_dir)
+    settings = Settings()
+    return converted_model_dir(resolve_generator_source(BUNDLED_GENERATOR), settings.engines.model_cache_dir)
 
 
 @asynccontextmanager

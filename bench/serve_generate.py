@@ -57,4 +57,9 @@ async def serve_generate(
         for count in streams:
             result = await run_load(call, count, duration_s, max_requests, warmup_s=warmup_s)
             rows.append(generate_summary(result))
-    return {"server": "rag-grpc", "tokens": tokens, "cache_backend": settings.cache_backend, "rows": rows}
+    return {
+        "server": "rag-grpc",
+        "tokens": tokens,
+        "cache_backend": settings.cache.cache_backend,
+        "rows": rows,
+    }

@@ -59,10 +59,10 @@ async def serving(
     generators, when given, replace the configured ones (the transport bench's instant engine).
     """
     # An explicit stream: the server's log lines only, the bench process keeps its own exception hooks.
-    configure_logging(settings.log_level, settings.log_json, stream=sys.stderr)
+    configure_logging(settings.observability.log_level, settings.observability.log_json, stream=sys.stderr)
     async with (
         open_engines(settings, with_generator=with_generator and generators is None) as started,
-        open_result_cache(settings) as cache,
+        open_result_cache(settings.cache) as cache,
     ):
         engines = (
             started if generators is None else Engines(started.embedder, started.vector_store, generators)

@@ -68,7 +68,7 @@ async def test_a_short_soak_against_an_in_process_server_passes(redis_url: str) 
     config = SoakConfig(duration_s=1.0, generation_callers=3, other_callers=5, max_requests=2_000)
 
     async with serving(settings, with_generator=False) as served:
-        verdict = await run_soak(served.target, settings.max_concurrent_generations, config)
+        verdict = await run_soak(served.target, settings.limits.max_concurrent_generations, config)
 
     assert verdict.passed, verdict.summary()
     assert set(verdict.codes_by_kind) == {*GENERATION_KINDS, *OTHER_KINDS}
