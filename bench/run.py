@@ -252,7 +252,7 @@ def _other_rows(results: dict[str, Any]) -> list[Row]:
                 "Unary Info, auth + rate limit on top of the default chain (p50 / p99 ms)",
                 f"{full['p50_ms']:.3f} / {full['p99_ms']:.3f}",
                 f"default chain (log, metrics, errors, drain, deadline) {bare['p50_ms']:.3f} / {bare['p99_ms']:.3f}",
-                f"+{chain['overhead_p50_ms']:.3f} ms at p50 (target <= +0.3 ms)",
+                f"{chain['overhead_p50_ms']:+.3f} ms at p50 (target <= +0.3 ms)",
                 _codes(full["non_ok"], bare["non_ok"]),
                 "one client; Info touches no cache; since the consolidation no server is without the default chain",
             )
