@@ -1,7 +1,8 @@
 """Rows of a causal LM decoded together over one left-padded KV cache.
 
-Sequences join and leave between decode steps: a joining group is prefilled on its own and its
-cache is padded on the left to the running batch's length; a leaving row is cut out. Padding is
+Sequences join and leave between decode steps: a joining group is prefilled on its own (a Prefill,
+read a chunk of columns at a time so that decode steps of the running batch can come in between) and
+its cache is padded on the left to the running batch's length; a leaving row is cut out. Padding is
 masked out of attention and every row carries its own position ids, so a row sees exactly the
 tokens it would see alone (up to floating-point summation order in the padded attention).
 
@@ -38,26 +39,12 @@ class PaddedBatch:
 
     @classmethod
     def prefill(cls, model: Any, prompts: Sequence[Sequence[int]]) -> tuple[PaddedBatch, torch.Tensor]:
-        """Runs the prompts (left-padded to the longest) and returns the batch and each row's next-token logits."""
-        longest = max(len(p) for p in prompts)
-        # Padding positions hold token 0; the mask hides them from every real token.
-        input_ids = torch.tensor([[0] * (longest - len(p)) + list(p) for p in prompts], device=model.device)
-        attention_mask = torch.tensor(
-            [[0] * (longest - len(p)) + [1] * len(p) for p in prompts], dtype=torch.long, device=model.device
-        )
-        # The same position ids `generate` derives from a left-padded mask (padding gets a dummy 1).
-        position_ids = (attention_mask.cumsum(-1) - 1).masked_fill_(attention_mask == 0, 1)
-        cache = DynamicCache(config=model.config)
-        output = model(
-            input_ids=input_ids,
-            attention_mask=attention_mask,
-            position_ids=position_ids,
-            past_key_values=cache,
-            use_cache=True,
-            logits_to_keep=1,
-        )
-        next_positions = attention_mask.sum(-1)
-        return cls(output.past_key_values, attention_mask, next_positions), output.logits[:, -1, :].float()
+        """Runs the prompts (left-padded to the longest) in one pass; returns the batch and each row's
+        next-token logits."""
+        reading = Prefill(model, prompts)
+        logits = reading.step(model)
+        assert logits is not None  # one chunk covers every column
+        return reading.batch(), logits
 
     def decode(self, model: Any, next_tokens: torch.Tensor) -> torch.Tensor:
         """Feeds one token per row ([rows] long) and returns the next-token logits [rows, vocab]."""
@@ -114,11 +101,86 @@ class PaddedBatch:
         )
 
     def _kv_pairs(self) -> list[tuple[torch.Tensor, torch.Tensor]]:
-        pairs = []
-        for layer in self._cache.layers:
-            assert isinstance(layer, DynamicLayer) and layer.keys is not None and layer.values is not None
-            pairs.append((layer.keys, layer.values))
-        return pairs
+        return _kv_pairs(self._cache)
+
+
+class Prefill:
+    """A group of prompts being read into a fresh cache, `chunk_columns` columns per step.
+
+    A long prompt read in one pass stalls every running row for its whole duration and cannot be given
+    up half-way; read in chunks, the scheduler can run decode steps and drop rows whose caller left
+    between two chunks. Reading everything in one step computes exactly what a one-pass prefill does.
+    """
+
+    def __init__(
+        self, model: Any, prompts: Sequence[Sequence[int]], chunk_columns: int | None = None
+    ) -> None:
+        longest = max(len(p) for p in prompts)
+        # Padding positions hold token 0; the mask hides them from every real token.
+        self._input_ids = torch.tensor(
+            [[0] * (longest - len(p)) + list(p) for p in prompts], device=model.device
+        )
+        self._attention_mask = torch.tensor(
+            [[0] * (longest - len(p)) + [1] * len(p) for p in prompts], dtype=torch.long, device=model.device
+        )
+        # The same position ids `generate` derives from a left-padded mask (padding gets a dummy 1).
+        self._position_ids = (self._attention_mask.cumsum(-1) - 1).masked_fill_(self._attention_mask == 0, 1)
+        self._cache = DynamicCache(config=model.config)
+        self._chunk = chunk_columns or longest
+        self._done = 0  # columns already in the cache
+
+    @property
+    def size(self) -> int:
+        return int(self._input_ids.shape[0])
+
+    @property
+    def finished(self) -> bool:
+        return self._done == self._input_ids.shape[1]
+
+    def step(self, model: Any) -> torch.Tensor | None:
+        """Reads the next chunk; once the last one is read, returns each row's next-token logits."""
+        end = min(self._done + self._chunk, int(self._input_ids.shape[1]))
+        output = model(
+            input_ids=self._input_ids[:, self._done : end],
+            attention_mask=self._attention_mask[:, :end],
+            position_ids=self._position_ids[:, self._done : end],
+            past_key_values=self._cache,
+            use_cache=True,
+            logits_to_keep=1,
+        )
+        self._cache = output.past_key_values
+        self._done = end
+        if not self.finished:
+            return None
+        logits: torch.Tensor = output.logits[:, -1, :].float()
+        return logits
+
+    def keep(self, rows: Sequence[int]) -> None:
+        """Keeps only `rows` (in that order): the others' callers left while their prompts were read."""
+        index = torch.tensor(rows, dtype=torch.long, device=self._input_ids.device)
+        self._input_ids = self._input_ids.index_select(0, index)
+        self._attention_mask = self._attention_mask.index_select(0, index)
+        self._position_ids = self._position_ids.index_select(0, index)
+        if self._done:
+            self._cache = DynamicCache(
+                ddp_cache_data=[
+                    (keys.index_select(0, index), values.index_select(0, index))
+                    for keys, values in _kv_pairs(self._cache)
+                ]
+            )
+
+    def batch(self) -> PaddedBatch:
+        """The rows, ready to decode (once finished)."""
+        assert self.finished
+        return PaddedBatch(self._cache, self._attention_mask, self._attention_mask.sum(-1))
+
+
+def _kv_pairs(cache: DynamicCache) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    pairs = []
+    for layer in cache.layers:
+        assert isinstance(layer, DynamicLayer) and layer.keys is not None and layer.values is not None
+        pairs.append((layer.keys, layer.values))
+    return pairs
 
 
 def _left_pad(tensor: torch.Tensor, length: int) -> torch.Tensor:

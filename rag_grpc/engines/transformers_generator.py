@@ -1,9 +1,12 @@
 """Generator running a Hugging Face causal LM in-process with transformers (CPU or CUDA).
 
 Concurrent requests are decoded together. One scheduler thread owns the model and loops over
-decode steps of a PaddedBatch; between two steps it drops rows whose consumer left, prefills the
-waiting requests that fit (up to `max_batch_size` rows) and merges them into the running batch,
-and removes rows that finished. Chunks travel to each consumer's event loop in one hop per step.
+decode steps of a PaddedBatch; between two steps it drops rows whose consumer left, reads the
+prompts of the waiting requests that fit (up to `max_batch_size` rows) a chunk of about
+`prefill_chunk_tokens` tokens per step, merges them into the running batch once read, and removes
+rows that finished. So a long prompt delays the running rows by one chunk per step rather than by
+its whole length, and a caller that leaves while its prompt is read costs at most one more chunk.
+Chunks of text travel to each consumer's event loop in one hop per step.
 
 A consumer that leaves (cancelled, deadline, closed stream) stops counting against the engine's
 capacity at once; its row is cut out before the next step, so it never disturbs its neighbours.
@@ -34,7 +37,7 @@ if TYPE_CHECKING:  # torch is imported lazily: importing the package must not lo
 
     import torch
 
-    from rag_grpc.engines.padded_batch import PaddedBatch
+    from rag_grpc.engines.padded_batch import PaddedBatch, Prefill
     from rag_grpc.engines.sampling import TokenSampler
 
 log = structlog.get_logger(__name__)
@@ -50,6 +53,15 @@ class _Job:
     loop: asyncio.AbstractEventLoop
     chunks: asyncio.Queue[_Item] = field(default_factory=asyncio.Queue)
     aborted: bool = False
+
+
+@dataclass(eq=False)
+class _Reading:
+    """A group of requests whose prompts are being read (prefilled) a chunk at a time."""
+
+    jobs: list[_Job]
+    prompts: list[list[int]]
+    prefill: Prefill
 
 
 class _Row:
@@ -109,12 +121,16 @@ class TransformersGenerator:
         model_id: str,
         max_batch_size: int = 16,
         max_waiting_requests: int = 256,
+        prefill_chunk_tokens: int = 512,
     ) -> None:
+        """`prefill_chunk_tokens` bounds the prompt tokens read between two decode steps of the running
+        batch, so a long prompt joining delays the others' next tokens by one chunk, not its whole length."""
         self._model_dir = model_dir
         self._device = device
         self._model_id = model_id
         self._max_batch_size = max_batch_size
         self._max_waiting_requests = max_waiting_requests
+        self._prefill_chunk_tokens = prefill_chunk_tokens
         self._model: Any = None
         self._template: ChatTemplate | None = None
         self._eos_ids: set[int] = set()
@@ -235,18 +251,25 @@ class TransformersGenerator:
 
         rows: list[_Row] = []
         batch: PaddedBatch | None = None
+        reading: _Reading | None = None
         while True:
             rows, batch = self._drop_rows(rows, batch, [row for row in rows if row.job.aborted])
-            joining = self._next_joining(free_slots=self._max_batch_size - len(rows), idle=not rows)
+            reading = self._drop_readers(reading)
+            # One group is read at a time; the next waits for it, so free slots are only offered then.
+            free_slots = 0 if reading is not None else self._max_batch_size - len(rows)
+            joining = self._next_joining(free_slots, idle=not rows and reading is None)
             if joining is None:
                 break
             with torch.inference_mode():
                 if joining:
-                    rows, batch = self._admit(joining, rows, batch)
+                    reading = self._start_reading(joining)
+                if reading is not None:
+                    rows, batch, reading = self._read_chunk(reading, rows, batch)
                 if batch is not None:  # there are rows to decode
                     rows, batch = self._decode_step(rows, batch)
         with self._wakeup:
             leftover = [row.job for row in rows] + list(self._waiting)
+            leftover += reading.jobs if reading is not None else []
             self._waiting.clear()
         self._retire(leftover, Unavailable("the generator is shutting down"))
 
@@ -263,12 +286,10 @@ class TransformersGenerator:
                 self._wakeup.wait()
             return [self._waiting.popleft() for _ in range(min(free_slots, len(self._waiting)))]
 
-    def _admit(
-        self, jobs: list[_Job], rows: list[_Row], batch: PaddedBatch | None
-    ) -> tuple[list[_Row], PaddedBatch | None]:
-        """Prefills `jobs` together, sends their first tokens and merges the unfinished ones into the batch."""
-        from rag_grpc.engines.padded_batch import PaddedBatch
-        from rag_grpc.engines.sampling import TokenSampler, sample_next_tokens
+    def _start_reading(self, jobs: list[_Job]) -> _Reading | None:
+        """Renders the prompts of `jobs` (a job whose prompt cannot be rendered fails alone) and sets up
+        reading them as one group."""
+        from rag_grpc.engines.padded_batch import Prefill
 
         assert self._template is not None
         prompts: list[list[int]] = []
@@ -279,34 +300,65 @@ class TransformersGenerator:
                 self._retire([job], exc)
                 jobs.remove(job)
         if not jobs:
-            return rows, batch
+            return None
+        # About `prefill_chunk_tokens` tokens per step whatever the group's size, at least one column.
+        columns = max(1, self._prefill_chunk_tokens // len(jobs))
+        return _Reading(jobs, prompts, Prefill(self._model, prompts, columns))
+
+    def _drop_readers(self, reading: _Reading | None) -> _Reading | None:
+        """Rows whose caller left while their prompt was being read are given up before the next chunk."""
+        if reading is None:
+            return None
+        kept = [index for index, job in enumerate(reading.jobs) if not job.aborted]
+        if len(kept) == len(reading.jobs):
+            return reading
+        self._retire([job for job in reading.jobs if job.aborted])
+        if not kept:
+            return None
+        reading.prefill.keep(kept)
+        reading.jobs = [reading.jobs[index] for index in kept]
+        reading.prompts = [reading.prompts[index] for index in kept]
+        return reading
+
+    def _read_chunk(
+        self, reading: _Reading, rows: list[_Row], batch: PaddedBatch | None
+    ) -> tuple[list[_Row], PaddedBatch | None, _Reading | None]:
+        """Reads the group's next chunk; once its prompts are read, sends their first tokens and merges
+        the unfinished rows into the batch."""
+        from rag_grpc.engines.sampling import TokenSampler, sample_next_tokens
+
+        assert self._template is not None
+        jobs = reading.jobs
         try:
-            joined, logits = PaddedBatch.prefill(self._model, prompts)
+            logits = reading.prefill.step(self._model)
+            if logits is None:
+                return rows, batch, reading
             samplers = [TokenSampler.for_options(job.request.sampling, self._device) for job in jobs]
             self._suppress_eos(logits, [job.request.sampling.min_tokens > 0 for job in jobs])
             first_tokens = sample_next_tokens(logits, samplers)
         except Exception:
             log.exception("generator_prefill_failed", requests=len(jobs))
             self._retire(jobs, Unavailable("the generator failed to read the prompt; retry"))
-            return rows, batch
+            return rows, batch, None
+        joined = reading.prefill.batch()
         new_rows = [
             _Row(job, prompt, sampler, self._template)
-            for job, prompt, sampler in zip(jobs, prompts, samplers, strict=True)
+            for job, prompt, sampler in zip(jobs, reading.prompts, samplers, strict=True)
         ]
         self._accept(new_rows, first_tokens)
-        # A consumer that left while its prompt was read never joins the batch.
+        # A consumer that left during the last chunk never joins the batch.
         leaving = [row for row in new_rows if row.finished or row.job.aborted]
         self._retire([row.job for row in leaving])
         kept = [index for index, row in enumerate(new_rows) if row not in leaving]
         if not kept:
-            return rows, batch
+            return rows, batch, None
         if len(kept) < len(new_rows):
             joined.keep(kept)
         new_rows = [new_rows[index] for index in kept]
         if batch is None:
-            return new_rows, joined
+            return new_rows, joined, None
         batch.extend(joined)
-        return rows + new_rows, batch
+        return rows + new_rows, batch, None
 
     def _decode_step(self, rows: list[_Row], batch: PaddedBatch) -> tuple[list[_Row], PaddedBatch | None]:
         import torch

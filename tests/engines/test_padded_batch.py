@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from rag_grpc.engines.padded_batch import PaddedBatch
+from rag_grpc.engines.padded_batch import PaddedBatch, Prefill
 from tests.engines.conftest import ReferenceLM
 
 PROMPTS = [
@@ -87,3 +87,26 @@ def test_keep_trims_columns_that_are_padding_in_every_remaining_row(reference_lm
         assert batch.cached_tokens == len(long)
         batch.keep([0])
     assert batch.size == 1 and batch.cached_tokens == len(short)
+
+
+def test_a_prefill_read_in_chunks_with_a_row_dropped_half_way_decodes_like_generate(
+    reference_lm: ReferenceLM,
+) -> None:
+    prompts = [reference_lm.prompt_ids(PROMPTS[i]) for i in (1, 0, 3)]
+    with torch.inference_mode():
+        reading = Prefill(reference_lm.model, prompts, chunk_columns=7)
+        steps = 1
+        logits = reading.step(reference_lm.model)
+        reading.keep([0, 2])  # the caller of prompt 0 left during its prefill
+        while logits is None:
+            logits = reading.step(reference_lm.model)
+            steps += 1
+        assert steps == -(-max(len(p) for p in prompts) // 7)
+        batch, produced = reading.batch(), [[token] for token in logits.argmax(-1).tolist()]
+        for _ in range(NEW_TOKENS - 1):
+            next_tokens = batch.decode(reference_lm.model, torch.tensor([p[-1] for p in produced]))
+            for row, token in zip(produced, next_tokens.argmax(-1).tolist(), strict=True):
+                row.append(token)
+    for row, index in zip(produced, (1, 3), strict=True):
+        expected = reference_lm.greedy(PROMPTS[index], NEW_TOKENS)
+        assert row[: len(expected)] == expected
