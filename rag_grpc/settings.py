@@ -405,8 +405,8 @@ class _FlatEnvSource(PydanticBaseSettingsSource):
         self._loaded = loaded
 
     def get_field_value(self, field: FieldInfo, field_name: str) -> tuple[Any, str, bool]:
-        # Required by the base class; __call__ resolves every field itself.
-        raise NotImplementedError
+        # The base class asks for it per field; __call__ resolves every field itself, so this finds nothing.
+        return None, field_name, False
 
     def __call__(self) -> dict[str, Any]:
         prefix, case_sensitive = self._loaded.env_prefix, self._loaded.case_sensitive
