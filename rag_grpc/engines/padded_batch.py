@@ -125,6 +125,7 @@ class Prefill:
         )
         # The same position ids `generate` derives from a left-padded mask (padding gets a dummy 1).
         self._position_ids = (self._attention_mask.cumsum(-1) - 1).masked_fill_(self._attention_mask == 0, 1)
+        self._config = model.config
         self._cache = DynamicCache(config=model.config)
         self._chunk = chunk_columns or longest
         self._done = 0  # columns already in the cache
@@ -137,9 +138,10 @@ class Prefill:
     def finished(self) -> bool:
         return self._done == self._input_ids.shape[1]
 
-    def step(self, model: Any) -> torch.Tensor | None:
-        """Reads the next chunk; once the last one is read, returns each row's next-token logits."""
-        end = min(self._done + self._chunk, int(self._input_ids.shape[1]))
+    def step(self, model: Any, columns: int | None = None) -> torch.Tensor | None:
+        """Reads the next chunk (`columns` wide, else the width given at construction); once the last one
+        is read, returns each row's next-token logits."""
+        end = min(self._done + (columns or self._chunk), int(self._input_ids.shape[1]))
         output = model(
             input_ids=self._input_ids[:, self._done : end],
             attention_mask=self._attention_mask[:, :end],
@@ -156,18 +158,28 @@ class Prefill:
         return logits
 
     def keep(self, rows: Sequence[int]) -> None:
-        """Keeps only `rows` (in that order): the others' callers left while their prompts were read."""
+        """Keeps only `rows` (in that order): the others' callers left while their prompts were read.
+
+        Columns that are padding in every remaining row are dropped too, read or not: a short prompt
+        grouped with long ones must not go on paying for their length once they are gone."""
         index = torch.tensor(rows, dtype=torch.long, device=self._input_ids.device)
-        self._input_ids = self._input_ids.index_select(0, index)
-        self._attention_mask = self._attention_mask.index_select(0, index)
-        self._position_ids = self._position_ids.index_select(0, index)
-        if self._done:
-            self._cache = DynamicCache(
-                ddp_cache_data=[
-                    (keys.index_select(0, index), values.index_select(0, index))
-                    for keys, values in _kv_pairs(self._cache)
-                ]
-            )
+        mask = self._attention_mask.index_select(0, index)
+        real_columns = mask.any(dim=0).nonzero()
+        first = int(real_columns[0]) if len(real_columns) else 0
+        self._input_ids = self._input_ids.index_select(0, index)[:, first:]
+        self._attention_mask = mask[:, first:]
+        self._position_ids = self._position_ids.index_select(0, index)[:, first:]
+        if self._done <= first:  # everything read so far was padding for the rows that stay
+            self._cache = DynamicCache(config=self._config)
+            self._done = 0
+            return
+        self._cache = DynamicCache(
+            ddp_cache_data=[
+                (keys.index_select(0, index)[:, :, first:], values.index_select(0, index)[:, :, first:])
+                for keys, values in _kv_pairs(self._cache)
+            ]
+        )
+        self._done -= first
 
     def batch(self) -> PaddedBatch:
         """The rows, ready to decode (once finished)."""

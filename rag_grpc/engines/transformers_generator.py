@@ -2,10 +2,11 @@
 
 Concurrent requests are decoded together. One scheduler thread owns the model and loops over
 decode steps of a PaddedBatch; between two steps it drops rows whose consumer left, reads the
-prompts of the waiting requests that fit (up to `max_batch_size` rows) a chunk of about
+prompts of the waiting requests that fit (up to `max_batch_size` rows) about
 `prefill_chunk_tokens` tokens per step, merges them into the running batch once read, and removes
 rows that finished. So a long prompt delays the running rows by one chunk per step rather than by
-its whole length, and a caller that leaves while its prompt is read costs at most one more chunk.
+its whole length, and a caller that leaves while its prompt is read costs at most one more chunk
+(and the rows that stay stop paying for its padding).
 Chunks of text travel to each consumer's event loop in one hop per step.
 
 A consumer that leaves (cancelled, deadline, closed stream) stops counting against the engine's
@@ -301,9 +302,7 @@ class TransformersGenerator:
                 jobs.remove(job)
         if not jobs:
             return None
-        # About `prefill_chunk_tokens` tokens per step whatever the group's size, at least one column.
-        columns = max(1, self._prefill_chunk_tokens // len(jobs))
-        return _Reading(jobs, prompts, Prefill(self._model, prompts, columns))
+        return _Reading(jobs, prompts, Prefill(self._model, prompts))
 
     def _drop_readers(self, reading: _Reading | None) -> _Reading | None:
         """Rows whose caller left while their prompt was being read are given up before the next chunk."""
@@ -330,7 +329,10 @@ class TransformersGenerator:
         assert self._template is not None
         jobs = reading.jobs
         try:
-            logits = reading.prefill.step(self._model)
+            # About `prefill_chunk_tokens` tokens per step whatever the group's size, at least one column.
+            logits = reading.prefill.step(
+                self._model, columns=max(1, self._prefill_chunk_tokens // len(jobs))
+            )
             if logits is None:
                 return rows, batch, reading
             samplers = [TokenSampler.for_options(job.request.sampling, self._device) for job in jobs]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from rag_grpc.engines.padded_batch import PaddedBatch, Prefill
@@ -110,3 +111,27 @@ def test_a_prefill_read_in_chunks_with_a_row_dropped_half_way_decodes_like_gener
     for row, index in zip(produced, (1, 3), strict=True):
         expected = reference_lm.greedy(PROMPTS[index], NEW_TOKENS)
         assert row[: len(expected)] == expected
+
+
+@pytest.mark.parametrize("chunk_columns", [3, 20])
+def test_when_the_longest_prompt_leaves_half_way_the_rest_drop_its_padding_and_decode_like_generate(
+    reference_lm: ReferenceLM, chunk_columns: int
+) -> None:
+    long, short = reference_lm.prompt_ids(PROMPTS[1]), reference_lm.prompt_ids(PROMPTS[2])
+    padding = len(long) - len(short)
+    # 3 columns: everything read so far is padding for the short row (its cache starts afresh);
+    # 20 columns: some of its own tokens were read already (the cache keeps them, minus the padding).
+    assert 3 < padding < 20
+    with torch.inference_mode():
+        reading = Prefill(reference_lm.model, [long, short], chunk_columns=chunk_columns)
+        logits = reading.step(reference_lm.model)
+        reading.keep([1])
+        while logits is None:
+            logits = reading.step(reference_lm.model)
+        batch = reading.batch()
+        assert batch.cached_tokens == len(short)
+        produced = [int(logits.argmax(-1))]
+        for _ in range(NEW_TOKENS - 1):
+            produced.append(int(batch.decode(reference_lm.model, torch.tensor([produced[-1]])).argmax(-1)))
+    expected = reference_lm.greedy(PROMPTS[2], NEW_TOKENS)
+    assert produced[: len(expected)] == expected
