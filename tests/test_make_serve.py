@@ -63,13 +63,24 @@ def _json_lines(path: Path) -> list[dict[str, Any]]:
     return parsed
 
 
+DEFAULT_METRICS_PORT = 9464
+
+
 def _scrape(url: str) -> str:
     with urllib.request.urlopen(url, timeout=10) as response:
         return str(response.read().decode())
 
 
 def test_make_serve_then_smoke_script_metrics_json_logs_and_clean_shutdown(tmp_path: Path) -> None:
-    port, metrics_port = _free_port(), _free_port()
+    port = _free_port()
+    # The documented default (README, Makefile's METRICS_PORT): the endpoint must answer there unasked.
+    metrics_port = DEFAULT_METRICS_PORT
+    assert f"METRICS_PORT ?= {metrics_port}\n" in (ROOT / "Makefile").read_text()
+    assert f"127.0.0.1:{metrics_port}/metrics" in (ROOT / "README.md").read_text()
+    with socket.socket() as probe:
+        assert probe.connect_ex(("127.0.0.1", metrics_port)) != 0, (
+            f"port {metrics_port} is taken on this machine"
+        )
     target = f"127.0.0.1:{port}"
     stdout_path, stderr_path = tmp_path / "serve.stdout", tmp_path / "serve.stderr"
     # As a user types it, not as a sub-make of `make test` (make would print "Entering directory" lines),
@@ -83,7 +94,6 @@ def test_make_serve_then_smoke_script_metrics_json_logs_and_clean_shutdown(tmp_p
                 "serve",
                 f"PORT={port}",
                 f"DATA_DIR={tmp_path / 'data'}",
-                f"METRICS_PORT={metrics_port}",
             ],
             cwd=ROOT,
             env=env,
