@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 from rag_grpc.domain import (
     ChatMessage,
     DeltaEvent,
@@ -143,13 +145,6 @@ def info_response(info: ServiceInfo) -> pb.InfoResponse:
             version=index.version,
             dimension=index.dimension,
         ),
-        limits=pb.Limits(
-            max_batch_texts=limits.max_batch_texts,
-            max_text_chars=limits.max_text_chars,
-            max_top_k=limits.max_top_k,
-            max_tokens=limits.max_tokens,
-            max_stop_sequences=limits.max_stop_sequences,
-            max_prompt_chars=limits.max_prompt_chars,
-            max_metadata_entries=limits.max_metadata_entries,
-        ),
+        # RequestLimits mirrors pb.Limits field by field.
+        limits=pb.Limits(**dataclasses.asdict(limits)),
     )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import time
 import uuid
 from collections.abc import AsyncGenerator, AsyncIterator, Iterator, Sequence
@@ -119,20 +120,15 @@ class RagService:
         return IndexState(self._index_identity, version)
 
     def info(self) -> ServiceInfo:
-        embedder, store, s = self.engines.embedder, self.engines.vector_store, self.settings.limits
+        embedder, store, limits = self.engines.embedder, self.engines.vector_store, self.settings.limits
         return ServiceInfo(
             version=__version__,
             embedder=EmbedderDescription(embedder.info, embedder.dimension, embedder.max_input_tokens),
             generators=[generator.info for generator in self.engines.generators.values()],
             index=IndexDescription(store.info, store.size, store.version, store.dimension),
+            # The reported limits are the settings of the same names.
             limits=RequestLimits(
-                max_batch_texts=s.max_batch_texts,
-                max_text_chars=s.max_text_chars,
-                max_top_k=s.max_top_k,
-                max_tokens=s.max_tokens,
-                max_stop_sequences=s.max_stop_sequences,
-                max_prompt_chars=s.max_prompt_chars,
-                max_metadata_entries=s.max_metadata_entries,
+                **{f.name: getattr(limits, f.name) for f in dataclasses.fields(RequestLimits)}
             ),
         )
 

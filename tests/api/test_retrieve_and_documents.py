@@ -3,6 +3,7 @@ from __future__ import annotations
 import grpc
 import numpy as np
 
+from rag_grpc.settings import Settings
 from rag_grpc.v1 import rag_pb2 as pb
 from tests.conftest import Stubs
 from tests.helpers import doc, expect_status
@@ -128,7 +129,7 @@ async def test_ingest_streams_batches(stubs: Stubs, isolated_tag: str) -> None:
     assert len(hits.hits) == 12
 
 
-async def test_info_describes_models_index_and_limits(stubs: Stubs) -> None:
+async def test_info_describes_models_index_and_limits(stubs: Stubs, settings: Settings) -> None:
     info = await stubs.info.Info(pb.InfoRequest())
     assert info.embedder.model == "all-MiniLM-L6-v2"
     assert info.embedder.dimension == info.index.dimension == 384
@@ -137,4 +138,7 @@ async def test_info_describes_models_index_and_limits(stubs: Stubs) -> None:
     assert info.generators[0].backend == "transformers"
     assert info.index.backend == "faiss" and info.index.device == "cpu"
     assert info.limits.max_top_k == 100
+    # Every reported limit is the setting of the same name.
+    reported = {field.name: value for field, value in info.limits.ListFields()}
+    assert reported == {name: getattr(settings.limits, name) for name in pb.Limits.DESCRIPTOR.fields_by_name}
     assert np.isfinite(info.index.version)
