@@ -89,6 +89,8 @@ class GenerationRequest:
     request_id: str
     messages: list[ChatMessage]
     sampling: SamplingOptions
+    # time.monotonic() by which the caller stops listening; remote workers get it as their own deadline.
+    deadline: float | None = None
 
 
 @dataclass(slots=True)
@@ -122,10 +124,23 @@ class SnapshotInfo:
 
 
 @dataclass(frozen=True, slots=True)
+class EndpointInfo:
+    """A remote worker behind a generator, as its pool sees it now."""
+
+    url: str
+    healthy: bool
+    in_flight: int
+    # Why it last failed ("" when it never did); never carries credentials.
+    problem: str
+
+
+@dataclass(frozen=True, slots=True)
 class EngineInfo:
     backend: str
     model: str
     device: str
+    # The workers a remote generator spreads its requests over; empty for in-process engines.
+    endpoints: tuple[EndpointInfo, ...] = ()
 
 
 # --- service-level requests, mirroring the API; optional fields are None when the caller left them unset
@@ -237,6 +252,8 @@ class RequestContext:
 
     request_id: str
     caller: str = "anonymous"
+    # time.monotonic() at which the caller's deadline passes; None when the caller set none.
+    deadline: float | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -98,10 +98,11 @@ class EngineSettings(BaseModel):
     vector_store_device: Device = Field(
         "auto", description="Device for the FAISS index; auto uses a GPU when faiss reports one."
     )
-    generator_backend: Literal["transformers", "vllm", "none"] = Field(
+    generator_backend: Literal["transformers", "vllm", "remote", "none"] = Field(
         "transformers",
-        description="Generation engine: in-process transformers, in-process vLLM AsyncLLM, or none (no model is "
-        "loaded and Generate answers FAILED_PRECONDITION; for index-only servers and fast test starts).",
+        description="Generation engine: in-process transformers, in-process vLLM AsyncLLM, remote workers "
+        "(generator_endpoints), or none (no model is loaded and Generate answers FAILED_PRECONDITION; for "
+        "index-only servers and fast test starts).",
     )
     generator_model: str = Field(
         "bundled:SmolLM2-135M-Instruct",
@@ -124,6 +125,73 @@ class EngineSettings(BaseModel):
         description="Share of GPU memory vLLM may take (the embedder and FAISS need the rest).",
     )
     vllm_max_model_len: int | None = Field(None, ge=16, description="Context length cap for vLLM.")
+    vllm_dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
+        "auto",
+        description="vLLM's weight and activation type; auto is float32 on CPU (SmolLM2 answers wrongly in "
+        "bfloat16 there) and the model's own type on GPU.",
+    )
+    vllm_kv_cache_memory_bytes: int | None = Field(
+        None,
+        ge=1 << 20,
+        description="KV cache size for vLLM; unset sizes it from vllm_gpu_memory_utilization (on CPU, "
+        "that share of RAM).",
+    )
+    vllm_enforce_eager: bool = Field(
+        False,
+        description="Skip vLLM's compilation: starts in ~20 s instead of ~70 s on 2 CPU cores, decodes ~15 % slower.",
+    )
+
+    # --- remote generator workers (generator_backend=remote)
+    generator_endpoints: tuple[str, ...] = Field(
+        (),
+        description="Comma-separated worker URLs: grpc://HOST:PORT speaks vLLM's gRPC protocol (vLLM's gRPC "
+        "server, or SMG in front of several), http(s)://HOST:PORT/v1 an OpenAI-compatible chat API.",
+    )
+    generator_api_key: SecretStr | None = Field(
+        None, description="Bearer key sent to the remote workers (OpenAI-compatible endpoints); never logged."
+    )
+    generator_served_model: str | None = Field(
+        None,
+        description="Model name the remote workers serve; unset asks them (GetModelInfo, /v1/models).",
+    )
+    remote_connect_timeout_s: float = Field(
+        5.0, gt=0, description="Longest wait to connect to a remote worker, at start and per request."
+    )
+    remote_read_timeout_s: float = Field(
+        60.0,
+        gt=0,
+        description="A remote worker that sends nothing for this long mid-answer is treated as failed.",
+    )
+    remote_eject_after_failures: int = Field(
+        3,
+        ge=1,
+        description="Consecutive failures after which an endpoint leaves the pool until a probe passes.",
+    )
+    remote_probe_interval_s: float = Field(
+        1.0, gt=0, description="Seconds between health and load probes of each remote endpoint."
+    )
+    remote_max_attempts: int = Field(
+        2,
+        ge=1,
+        description="Endpoints one Generate may try; a retry happens only before the first token was sent.",
+    )
+
+    @field_validator("generator_endpoints", mode="before")
+    @classmethod
+    def _split_endpoints(cls, value: object) -> object:
+        # The environment and the CLI hand over one comma-separated string.
+        if isinstance(value, str):
+            return tuple(url.strip() for url in value.split(",") if url.strip())
+        return value
+
+    @model_validator(mode="after")
+    def _endpoints_fit_backend(self) -> EngineSettings:
+        for url in self.generator_endpoints:
+            if not url.startswith(("grpc://", "http://", "https://")):
+                raise ValueError(f"generator_endpoints: {url!r} must start with grpc://, http:// or https://")
+        if self.generator_backend == "remote" and not self.generator_endpoints:
+            raise ValueError("generator_backend=remote needs generator_endpoints")
+        return self
 
     # --- micro-batching in front of the embedder and the index
     embed_batch_max_size: int = Field(

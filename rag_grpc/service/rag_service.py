@@ -367,7 +367,7 @@ class RagService:
                     messages, result.hits, generator.control_tokens, self.settings.limits.max_grounding_chars
                 )
             engine_request = GenerationRequest(
-                request_id=context.request_id, messages=messages, sampling=sampling
+                request_id=context.request_id, messages=messages, sampling=sampling, deadline=context.deadline
             )
             async with aclosing(self._deltas(answer, generator.generate(engine_request))) as events:
                 async for event in events:

@@ -30,7 +30,9 @@ def tokenizer() -> Any:
 
 def make_generator(engine_cls: type[fake_vllm.AsyncLLM]) -> VllmGenerator:
     fake = fake_vllm
-    api = VllmApi(engine_cls, fake.AsyncEngineArgs, fake.SamplingParams, fake.RequestOutputKind)
+    api = VllmApi(
+        engine_cls, fake.AsyncEngineArgs, fake.SamplingParams, fake.RequestOutputKind, lambda: "cuda"
+    )
     return VllmGenerator(
         model="/models/SmolLM2-135M-Instruct",
         tokenizer=None,
@@ -279,4 +281,4 @@ def test_imports_and_fails_clearly_without_vllm() -> None:
     )
 
     assert result.returncode == 0, result.stderr
-    assert "pip install 'rag-grpc[vllm]'" in result.stdout
+    assert "make install-vllm" in result.stdout and "pip install 'rag-grpc[gpu]'" in result.stdout

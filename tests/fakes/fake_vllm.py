@@ -112,6 +112,7 @@ class AsyncEngineArgs:
     quantization: str | None = None
     enforce_eager: bool = False
     gpu_memory_utilization: float = 0.92
+    kv_cache_memory_bytes: int | None = None
     max_num_seqs: int | None = None
     max_num_queued_reqs: int | None = None
     tensor_parallel_size: int = 1
