@@ -12,7 +12,7 @@ METRICS_PORT ?= 9464
 # The CPU build of torch that this machine keeps on disk; a bare `torch` would pull CUDA wheels.
 TORCH_CPU := torch==2.13.0
 
-.PHONY: install install-test redis-server serve lint test smoke proto bench clean
+.PHONY: install install-test redis-server nginx serve lint test smoke proto bench clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -41,12 +41,16 @@ lint: install-test
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
 
-test: install-test redis-server lint
+test: install-test redis-server nginx lint
 	$(BIN)/pytest -q
 
 # Tests start their own redis-server (Debian package) on a free loopback port.
 redis-server:
 	@command -v redis-server >/dev/null || (apt-get update -qq && apt-get install -y -qq redis-server)
+
+# The scale test puts nginx (deploy/nginx/rag-grpc.conf) in front of two replicas; deploy/'s checks run `nginx -t`.
+nginx:
+	@command -v nginx >/dev/null || test -x /usr/sbin/nginx || (apt-get update -qq && apt-get install -y -qq nginx-light)
 
 smoke: install
 	clients/grpcurl_smoke.sh 127.0.0.1:$(PORT)

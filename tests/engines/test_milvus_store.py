@@ -46,7 +46,9 @@ async def test_recall_at_10_against_faiss_flat(milvus_uri: str) -> None:
         len({h.id for h in e.hits} & {h.id for h in f.hits}) for e, f in zip(expected, found, strict=True)
     )
     recall = overlap / (10 * len(queries))
-    print(f"milvus-lite recall@10 {recall:.4f} over {len(queries)} queries, batch search {elapsed * 1000:.0f} ms")
+    print(
+        f"milvus-lite recall@10 {recall:.4f} over {len(queries)} queries, batch search {elapsed * 1000:.0f} ms"
+    )
     assert recall >= 0.99
     # Same meaning of scores: cosine similarity of the same pair, whichever backend answers.
     assert np.allclose(
