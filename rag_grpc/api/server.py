@@ -119,12 +119,16 @@ class RagServer:
         self._drain.start_draining()
         # Generations still waiting for a slot are told to go elsewhere now; running ones get the grace.
         self.service.admission.drain()
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + (grace or 0)
         if grace:
             try:
                 await asyncio.wait_for(self._drain.wait_idle(), grace)
             except TimeoutError:
                 log.warning("drain_grace_expired", cancelled_calls=self._drain.in_flight)
-        await self._server.stop(0)
+        # What is left of the grace lets calls that arrived meanwhile get their UNAVAILABLE (which clients
+        # retry elsewhere) instead of being cancelled in transit; it ends as soon as they have it.
+        await self._server.stop(max(0.0, deadline - loop.time()))
         if self._metrics_http is not None:
             # shutdown() waits for the serving thread's poll loop (up to half a second): not on the event loop.
             await asyncio.to_thread(self._metrics_http.stop)
