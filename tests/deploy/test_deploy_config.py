@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from bench import nginx_front
 from tests.conftest import free_loopback_port
-from tests.deploy import nginx_front
 
 DEPLOY = Path(__file__).parents[2] / "deploy"
 BIN = Path(sys.executable).parent

@@ -10,7 +10,7 @@ import subprocess
 import time
 from pathlib import Path
 
-CONF = Path(__file__).parents[2] / "deploy" / "nginx" / "rag-grpc.conf"
+CONF = Path(__file__).parents[1] / "deploy" / "nginx" / "rag-grpc.conf"
 
 
 def nginx_binary() -> str:
