@@ -15,7 +15,7 @@ TORCH_CPU := torch==2.13.0
 # would take 60 % of RAM.
 VLLM_KV_CACHE_BYTES ?= 1073741824
 
-.PHONY: install install-test install-vllm redis-server serve serve-vllm lint test smoke proto bench clean
+.PHONY: install install-test install-vllm redis-server nginx serve serve-vllm lint test smoke proto bench clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -62,12 +62,16 @@ lint: install-test
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
 
-test: install-test install-vllm redis-server lint
+test: install-test install-vllm redis-server nginx lint
 	$(BIN)/pytest -q
 
 # Tests start their own redis-server (Debian package) on a free loopback port.
 redis-server:
 	@command -v redis-server >/dev/null || (apt-get update -qq && apt-get install -y -qq redis-server)
+
+# The scale test puts nginx (deploy/nginx/rag-grpc.conf) in front of two replicas; deploy/'s checks run `nginx -t`.
+nginx:
+	@command -v nginx >/dev/null || test -x /usr/sbin/nginx || (apt-get update -qq && apt-get install -y -qq nginx-light)
 
 smoke: install
 	clients/grpcurl_smoke.sh 127.0.0.1:$(PORT)

@@ -42,6 +42,7 @@ BENCHMARKS = (
     "interceptors",
     "overload",
     "soak",
+    "scale_out",
 )
 CACHES_OFF = "cache_backend=none"
 
@@ -73,6 +74,7 @@ async def _run(quick: bool, only: set[str], soak_s: float | None, storm_s: float
         interceptor_overhead,
         overload,
         peers,
+        scale_out,
         serve_generate,
         soak,
         transport,
@@ -111,6 +113,10 @@ async def _run(quick: bool, only: set[str], soak_s: float | None, storm_s: float
             duration_s=storm_s or (15.0 if quick else 60.0), long_tokens=128 if quick else 256
         )
         results["soak"] = await soak.bench_soak(soak_config, storm_config)
+    if "scale_out" in only:
+        results["scale_out"] = await scale_out.bench_scale_out(
+            documents=20_000 if quick else 100_000, duration_s=3.0 if quick else 10.0
+        )
     return results
 
 
@@ -314,6 +320,31 @@ def _soak_rows(results: dict[str, Any]) -> list[Row]:
     return rows
 
 
+def _scale_out_rows(results: dict[str, Any]) -> list[Row]:
+    scale = results["scale_out"]
+    faiss, milvus = scale["faiss"], scale["milvus"]
+    direct, nginx = scale["direct"], scale["nginx"]
+    return [
+        Row(
+            f"Retrieve by vector, {scale['documents']:,} x {scale['dimension']}, {scale['clients']} callers: "
+            "Milvus (QPS)",
+            f"{milvus['per_s']:.0f} (p50 {milvus['p50_ms']:.0f} ms, p99 {milvus['p99_ms']:.0f} ms)",
+            f"FAISS in process: {faiss['per_s']:.0f} (p50 {faiss['p50_ms']:.0f} ms)",
+            f"{_ratio(milvus['per_s'], faiss['per_s']):.2f}",
+            _codes(milvus["non_ok"], faiss["non_ok"]),
+            f"milvus-lite server on loopback (pure Python on FAISS HNSW, not Milvus's engine); {CACHES_OFF}",
+        ),
+        Row(
+            "Unary Info through the nginx front vs direct (p50 ms)",
+            f"{nginx['p50_ms']:.3f}",
+            f"direct {direct['p50_ms']:.3f}",
+            f"{nginx['p50_ms'] - direct['p50_ms']:+.3f} ms",
+            _codes(nginx["non_ok"], direct["non_ok"]),
+            "one client; deploy/nginx/rag-grpc.conf (nginx-light, grpc_pass, least_conn, keepalive)",
+        ),
+    ]
+
+
 _ROW_MAKERS: tuple[tuple[str, Callable[[dict[str, Any]], list[Row]]], ...] = (
     ("embed", _embed_rows),
     ("retrieve", _retrieve_rows),
@@ -321,6 +352,7 @@ _ROW_MAKERS: tuple[tuple[str, Callable[[dict[str, Any]], list[Row]]], ...] = (
     ("generate_server", _generate_rows),
     ("", _other_rows),
     ("soak", _soak_rows),
+    ("scale_out", _scale_out_rows),
 )
 
 

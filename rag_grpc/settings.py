@@ -94,9 +94,29 @@ class EngineSettings(BaseModel):
     embedder_device: Device = Field(
         "auto", description="Device for the embedder; auto picks CUDA if present."
     )
-    vector_store_backend: Literal["faiss"] = Field("faiss", description="Vector store engine.")
+    vector_store_backend: Literal["faiss", "milvus"] = Field(
+        "faiss",
+        description="Vector store engine: FAISS in this process, or a Milvus collection that replicas share.",
+    )
     vector_store_device: Device = Field(
         "auto", description="Device for the FAISS index; auto uses a GPU when faiss reports one."
+    )
+    milvus_uri: str = Field(
+        "http://127.0.0.1:19530",
+        description="Milvus for vector_store_backend=milvus: a server's http(s):// URI, or a local file path "
+        "for embedded milvus-lite (one process only).",
+    )
+    # Secret: 'user:password' or an API key.
+    milvus_token: SecretStr | None = Field(
+        None, description="Milvus credentials: 'user:password' or a token."
+    )
+    milvus_collection: str = Field(
+        "rag_grpc", description="Milvus collection holding the documents (created when missing)."
+    )
+    index_version_redis_url: SecretStr | None = Field(
+        None,
+        description="Redis holding the index version for vector_store_backend=milvus, read by every replica "
+        "before a cached lookup and raised after each write; unset counts in this process (one replica only).",
     )
     generator_backend: Literal["transformers", "vllm", "remote", "none"] = Field(
         "transformers",

@@ -9,6 +9,7 @@ from __future__ import annotations
 import shutil
 import socket
 import subprocess
+import sys
 import tempfile
 import time
 import uuid
@@ -192,3 +193,34 @@ def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     yield url
     process.terminate()
     process.wait(timeout=10)
+
+
+@pytest.fixture(scope="session")
+def milvus_uri(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A real milvus-lite server (Milvus's gRPC protocol) on a free loopback port for the whole session.
+
+    milvus-lite is single-writer per collection: tests give each store its own collection, and write to
+    a shared one from one client at a time."""
+    from pymilvus import MilvusClient, MilvusException
+
+    workdir = tmp_path_factory.mktemp("milvus")
+    port = free_loopback_port()
+    command = [sys.executable, "-m", "milvus_lite", "server", "--data-dir", str(workdir / "data")]
+    command += ["--host", "127.0.0.1", "--port", str(port)]
+    log = (workdir / "server.log").open("wb")
+    process = subprocess.Popen(command, cwd=workdir, stdout=log, stderr=subprocess.STDOUT)
+    uri = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            MilvusClient(uri=uri, timeout=2).close()
+            break
+        except MilvusException:
+            if process.poll() is not None or time.monotonic() > deadline:
+                process.kill()
+                pytest.fail(f"milvus-lite did not start on port {port}: see {workdir / 'server.log'}")
+            time.sleep(0.2)
+    yield uri
+    process.terminate()
+    process.wait(timeout=10)
+    log.close()

@@ -47,6 +47,8 @@ async def test_sigterm_drains_in_flight_streams_and_keeps_data(tmp_path: Path) -
                     pass
                 await asyncio.sleep(0.05)
             assert await _health(target) == health_pb2.HealthCheckResponse.NOT_SERVING
+            # Balancers get a moment (0.3 s) to act on NOT_SERVING before new calls are refused.
+            await asyncio.sleep(0.5)
 
             try:
                 await pb_grpc.EmbedServiceStub(channel).Embed(pb.EmbedRequest(texts=["new call"]), timeout=10)

@@ -23,6 +23,9 @@ from rag_grpc.settings import ServerSettings, Settings
 from rag_grpc.v1 import rag_pb2 as pb
 from rag_grpc.v1 import rag_pb2_grpc as pb_grpc
 
+# How long a draining server keeps taking new calls after reporting NOT_SERVING (bounded by the grace).
+_HEALTH_PROPAGATION_S = 0.3
+
 log = structlog.get_logger(__name__)
 
 SERVICE_NAMES = tuple(service.full_name for service in pb.DESCRIPTOR.services_by_name.values())
@@ -112,19 +115,27 @@ class RagServer:
         return self._metrics_http.port if self._metrics_http is not None else 0
 
     async def stop(self, grace: float | None) -> None:
-        """Drains, then stops. Health goes NOT_SERVING first so balancers stop sending; new API calls get
-        UNAVAILABLE while those in flight get up to `grace` seconds to finish; the rest are cancelled."""
+        """Drains, then stops. Health goes NOT_SERVING first so balancers stop sending; after
+        _HEALTH_PROPAGATION_S new API calls get UNAVAILABLE, while those in flight get what is left of
+        `grace` seconds to finish; the rest are cancelled."""
         await self._health_monitor.stop()
         await self.health.enter_graceful_shutdown()
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + (grace or 0)
+        # Clients balancing on health (round_robin with healthCheckConfig) see NOT_SERVING pushed on their
+        # watch and stop picking this replica; calls they already sent are still served meanwhile.
+        await asyncio.sleep(min(grace or 0, _HEALTH_PROPAGATION_S))
         self._drain.start_draining()
         # Generations still waiting for a slot are told to go elsewhere now; running ones get the grace.
         self.service.admission.drain()
         if grace:
             try:
-                await asyncio.wait_for(self._drain.wait_idle(), grace)
+                await asyncio.wait_for(self._drain.wait_idle(), max(0.0, deadline - loop.time()))
             except TimeoutError:
                 log.warning("drain_grace_expired", cancelled_calls=self._drain.in_flight)
-        await self._server.stop(0)
+        # What is left of the grace lets calls that arrived meanwhile get their UNAVAILABLE (which clients
+        # retry elsewhere) instead of being cancelled in transit; it ends as soon as they have it.
+        await self._server.stop(max(0.0, deadline - loop.time()))
         if self._metrics_http is not None:
             # shutdown() waits for the serving thread's poll loop (up to half a second): not on the event loop.
             await asyncio.to_thread(self._metrics_http.stop)

@@ -72,6 +72,11 @@ class VectorStore(Protocol):
         """Increases with every write, so caches keyed by it never serve stale results."""
         ...
 
+    async def current_version(self) -> int:
+        """The version now, counting every write acknowledged before the call, also by other replicas
+        sharing the index: what a cache lookup must be keyed by. An in-process index returns `version`."""
+        ...
+
     async def upsert(self, documents: Sequence[Document], vectors: FloatMatrix) -> int:
         """Adds or replaces documents atomically; returns the new version."""
         ...

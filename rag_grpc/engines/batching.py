@@ -133,6 +133,9 @@ class BatchingVectorStore(_BatchingWrapper):
     def version(self) -> int:
         return self.inner.version
 
+    async def current_version(self) -> int:
+        return await self.inner.current_version()
+
     async def search(self, queries: Sequence[SearchQuery]) -> list[SearchResult]:
         return list(await self._batcher.submit(queries))
 

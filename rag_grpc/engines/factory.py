@@ -55,7 +55,8 @@ def build_embedder(engines: EngineSettings) -> Embedder:
 
 
 def build_vector_store(settings: Settings, dimension: int) -> VectorStore:
-    """The configured index, made durable when the settings name a data_dir."""
+    """The configured index, made durable when the settings name a data_dir (FAISS only: Milvus keeps
+    its own write-ahead log)."""
     engines, durability = settings.engines, settings.durability
     # Persistable: data_dir wraps the store in a write-ahead log and snapshots of its contents.
     store: PersistableVectorStore
@@ -64,6 +65,10 @@ def build_vector_store(settings: Settings, dimension: int) -> VectorStore:
             from rag_grpc.engines.faiss_store import FaissVectorStore
 
             store = FaissVectorStore(dimension, engines.vector_store_device)
+        case "milvus":
+            if durability.data_dir is not None:
+                raise ValueError("data_dir is for the FAISS index: Milvus keeps its own log (unset data_dir)")
+            return build_milvus_store(engines, dimension)
         case _:
             assert_never(engines.vector_store_backend)
     if durability.data_dir is None:
@@ -75,6 +80,20 @@ def build_vector_store(settings: Settings, dimension: int) -> VectorStore:
         durability.data_dir,
         snapshot_interval_s=durability.snapshot_interval_s,
         snapshot_wal_max_bytes=durability.snapshot_wal_max_bytes,
+    )
+
+
+def build_milvus_store(engines: EngineSettings, dimension: int) -> VectorStore:
+    from rag_grpc.engines.index_version import IndexVersion, LocalIndexVersion, RedisIndexVersion
+    from rag_grpc.engines.milvus_store import MilvusVectorStore
+
+    version: IndexVersion = LocalIndexVersion()
+    if engines.index_version_redis_url is not None:
+        key = f"rag-grpc:index-version:{engines.milvus_collection}"
+        version = RedisIndexVersion(engines.index_version_redis_url.get_secret_value(), key)
+    token = engines.milvus_token.get_secret_value() if engines.milvus_token else ""
+    return MilvusVectorStore(
+        dimension, engines.milvus_uri, engines.milvus_collection, token=token, version=version
     )
 
 

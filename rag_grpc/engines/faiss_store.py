@@ -81,6 +81,9 @@ class FaissVectorStore:
     def version(self) -> int:
         return self._version
 
+    async def current_version(self) -> int:
+        return self._version
+
     async def upsert(self, documents: Sequence[Document], vectors: FloatMatrix) -> int:
         if vectors.shape != (len(documents), self._dimension):
             raise InvalidArgument(

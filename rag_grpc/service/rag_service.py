@@ -215,7 +215,7 @@ class RagService:
                     self._index_state(index_version), subject, options.top_k, filter_, min_score
                 )
 
-            cached = await self.cache.get(CacheKind.RETRIEVAL, cache_key(store.version))
+            cached = await self.cache.get(CacheKind.RETRIEVAL, cache_key(await store.current_version()))
             if cached is not None:
                 return entries.decode_search_result(cached)
         vector = (await self._embed_queries([query]))[0].vectors[0] if isinstance(query, str) else query
@@ -315,9 +315,8 @@ class RagService:
             index = None if index_version is None else self._index_state(index_version)
             return entries.generation_key(generator.info.model, messages, sampling, retrieval, index)
 
-        cached = await self.cache.get(
-            CacheKind.GENERATION, cache_key(self.engines.vector_store.version if retrieval else None)
-        )
+        version = await self.engines.vector_store.current_version() if retrieval else None
+        cached = await self.cache.get(CacheKind.GENERATION, cache_key(version))
         if cached is not None:
             for event in _replay(entries.decode_answer(cached), answer):
                 yield event

@@ -200,6 +200,9 @@ class DurableVectorStore:
     def version(self) -> int:
         return self._inner.version
 
+    async def current_version(self) -> int:
+        return self._inner.version
+
     async def search(self, queries: Sequence[SearchQuery]) -> list[SearchResult]:
         return await self._inner.search(queries)
 

@@ -1,8 +1,11 @@
-"""Fixtures for engine tests: the generator's model files, and a separately loaded copy of the model
-that serves as the reference (`model.generate`) the engine's outputs are compared with."""
+"""Fixtures for engine tests: the generator's model files, a separately loaded copy of the model that
+serves as the reference (`model.generate`) the engine's outputs are compared with, and `make_store`,
+which runs the VectorStore contract tests against each backend."""
 
 from __future__ import annotations
 
+import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -10,6 +13,21 @@ from typing import Any
 import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from rag_grpc.engines.faiss_store import FaissVectorStore
+from rag_grpc.engines.milvus_store import MilvusVectorStore
+
+# A new, empty store of the given dimension, to be entered with `async with`.
+StoreFactory = Callable[[int], FaissVectorStore | MilvusVectorStore]
+
+
+@pytest.fixture(params=["faiss", "milvus"])
+def make_store(request: pytest.FixtureRequest) -> StoreFactory:
+    """Each backend in turn; Milvus stores are fresh collections on the session's milvus-lite server."""
+    if request.param == "faiss":
+        return lambda dimension: FaissVectorStore(dimension, "cpu")
+    uri: str = request.getfixturevalue("milvus_uri")
+    return lambda dimension: MilvusVectorStore(dimension, uri, f"test_{uuid.uuid4().hex}")
 
 
 @dataclass

@@ -17,7 +17,7 @@ def test_the_vector_store_backend_selects_the_store() -> None:
 def test_a_backend_without_a_builder_is_refused() -> None:
     # Validation admits only known backends; model_construct skips it, as a backend added to the
     # Literal without a builder would.
-    unknown = EngineSettings.model_construct(embedder_backend="onnx", vector_store_backend="milvus")
+    unknown = EngineSettings.model_construct(embedder_backend="onnx", vector_store_backend="qdrant")
     with pytest.raises(AssertionError):
         build_embedder(unknown)
     with pytest.raises(AssertionError):

@@ -16,8 +16,10 @@ START_TIMEOUT_S = 180.0
 
 
 class ServerProcess:
-    def __init__(self, workdir: Path, *options: str) -> None:
+    def __init__(self, workdir: Path, *options: str, durable: bool = True) -> None:
+        """`durable=False` leaves out --data-dir (a Milvus-backed replica keeps no local log)."""
         self.workdir = workdir
+        self._durable = durable
         self.data_dir = workdir / "data"
         self.log_path = workdir / "server.log"
         self._port_file = workdir / "port"
@@ -33,8 +35,8 @@ class ServerProcess:
         env = {k: v for k, v in os.environ.items() if not k.startswith("RAG_GRPC_")}
         command = [
             sys.executable, "-m", "rag_grpc.cli", "serve",
-            "--port", "0", "--data-dir", str(self.data_dir), "--port-file", str(self._port_file),
-            "--generator-backend", "none", "--log-json", *self._options,
+            "--port", "0", "--port-file", str(self._port_file), "--generator-backend", "none", "--log-json",
+            *(["--data-dir", str(self.data_dir)] if self._durable else []), *self._options,
         ]  # fmt: skip
         with open(self.log_path, "ab") as log:
             self._process = subprocess.Popen(command, cwd=self.workdir, env=env, stdout=log, stderr=log)
