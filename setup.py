@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import shutil
 import sys
+import tempfile
 from pathlib import Path
 from typing import ClassVar
 
@@ -33,12 +34,10 @@ def _plugin(name: str) -> str:
     return f"--plugin={name}={path}"
 
 
-def generate_stubs() -> None:
+def _protoc(proto_dir: Path, protos: list[str]) -> None:
     import grpc_tools
     from grpc_tools import protoc
 
-    proto_dir = ROOT / "protos"
-    protos = sorted(str(p.relative_to(proto_dir)) for p in proto_dir.rglob("*.proto"))
     well_known = str(Path(grpc_tools.__file__).parent / "_proto")
     args = [
         "grpc_tools.protoc",
@@ -54,6 +53,35 @@ def generate_stubs() -> None:
     ]
     if protoc.main(args) != 0:
         raise RuntimeError(f"protoc failed for {protos}")
+
+
+# vLLM's gRPC worker protocol, from the pinned smg-grpc-proto (a build requirement). Its own generated
+# modules register their files as plain "common.proto", which pymilvus registers too: the two cannot be
+# imported into one process. Compiled here under rag_grpc/vllm_protocol/, the same messages and service
+# (package vllm.grpc.engine, so the wire is unchanged) get file names of their own.
+VLLM_PROTOCOL = ("common.proto", "vllm_engine.proto")
+VLLM_PROTOCOL_PACKAGE = "rag_grpc/vllm_protocol"
+
+
+def generate_vllm_protocol_stubs() -> None:
+    from importlib.resources import files
+
+    source = files("smg_grpc_proto") / "proto"
+    with tempfile.TemporaryDirectory() as tmp:
+        target = Path(tmp) / VLLM_PROTOCOL_PACKAGE
+        target.mkdir(parents=True)
+        for name in VLLM_PROTOCOL:
+            text = (source / name).read_text()
+            for imported in VLLM_PROTOCOL:
+                text = text.replace(f'import "{imported}";', f'import "{VLLM_PROTOCOL_PACKAGE}/{imported}";')
+            (target / name).write_text(text)
+        _protoc(Path(tmp), [f"{VLLM_PROTOCOL_PACKAGE}/{name}" for name in VLLM_PROTOCOL])
+
+
+def generate_stubs() -> None:
+    proto_dir = ROOT / "protos"
+    _protoc(proto_dir, sorted(str(p.relative_to(proto_dir)) for p in proto_dir.rglob("*.proto")))
+    generate_vllm_protocol_stubs()
 
 
 class GenerateStubs(Command):

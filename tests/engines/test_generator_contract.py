@@ -76,8 +76,9 @@ def worker_running(worker: VllmWorker) -> Callable[[], int]:
 
 def _grpc_running(address: str) -> int:
     import grpc
-    from smg_grpc_proto import vllm_engine_pb2 as pb
-    from smg_grpc_proto import vllm_engine_pb2_grpc as pb_grpc
+
+    from rag_grpc.vllm_protocol import vllm_engine_pb2 as pb
+    from rag_grpc.vllm_protocol import vllm_engine_pb2_grpc as pb_grpc
 
     with grpc.insecure_channel(address) as channel:
         loads = pb_grpc.VllmEngineStub(channel).GetLoads(pb.GetLoadsRequest(), timeout=5)

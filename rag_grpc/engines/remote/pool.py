@@ -136,7 +136,9 @@ class EndpointPool:
             log.exception("generator_endpoint_probe_crashed", endpoint=url)
             return
         status.reported_load = load or 0
-        status.consecutive_failures = 0
         if not status.healthy:
+            # Only a probe brings an endpoint back; requests' own failures are not forgotten by one, so a
+            # worker that answers health checks but fails every request still leaves the pool.
             status.healthy = True
+            status.consecutive_failures = 0
             log.info("generator_endpoint_restored", endpoint=url)

@@ -19,6 +19,8 @@ from rag_grpc.engines.chat_template import ChatTemplate
 from rag_grpc.engines.remote.worker import WorkerFailure, WorkerModel, time_left
 from rag_grpc.engines.streaming_text import IncrementalDecoder, StopSequenceFilter
 from rag_grpc.errors import DeadlineExceeded, InvalidArgument
+from rag_grpc.vllm_protocol import vllm_engine_pb2 as pb
+from rag_grpc.vllm_protocol import vllm_engine_pb2_grpc as pb_grpc
 
 log = structlog.get_logger(__name__)
 
@@ -26,16 +28,6 @@ _FINISH_REASONS = {"stop": FinishReason.STOP, "length": FinishReason.LENGTH, "ab
 _INT32_MAX = 2**31 - 1
 # Statuses that say the request, not the worker, is at fault: another worker would refuse it too.
 _CALLER_FAULTS = frozenset({grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.OUT_OF_RANGE})
-
-
-def _protocol() -> tuple[Any, Any]:
-    try:
-        from smg_grpc_proto import vllm_engine_pb2, vllm_engine_pb2_grpc
-    except ImportError as exc:
-        raise ImportError(
-            "grpc:// generator endpoints need smg-grpc-proto: pip install 'rag-grpc[remote]'"
-        ) from exc
-    return vllm_engine_pb2, vllm_engine_pb2_grpc
 
 
 class VllmGrpcWorker:
@@ -46,7 +38,6 @@ class VllmGrpcWorker:
         self._template = template
         self._connect_timeout_s = connect_timeout_s
         self._read_timeout_s = read_timeout_s
-        self._pb, pb_grpc = _protocol()
         # Long answers go quiet between tokens; keepalive pings must not be refused as abuse (vLLM's
         # launcher allows them every 10 s).
         self._channel = grpc.aio.insecure_channel(
@@ -62,7 +53,7 @@ class VllmGrpcWorker:
         self._vocab = len(template.tokenizer)
 
     async def connect(self) -> WorkerModel:
-        info = await self._unary(self._stub.GetModelInfo, self._pb.GetModelInfoRequest())
+        info = await self._unary(self._stub.GetModelInfo, pb.GetModelInfoRequest())
         vocab = len(self._template.tokenizer)
         if info.vocab_size and info.vocab_size < vocab:
             raise WorkerFailure(
@@ -77,10 +68,10 @@ class VllmGrpcWorker:
         )
 
     async def probe(self) -> int | None:
-        health = await self._unary(self._stub.HealthCheck, self._pb.HealthCheckRequest())
+        health = await self._unary(self._stub.HealthCheck, pb.HealthCheckRequest())
         if not health.healthy:
             raise WorkerFailure(self.url, f"reports unhealthy: {health.message}")
-        loads = await self._unary(self._stub.GetLoads, self._pb.GetLoadsRequest())
+        loads = await self._unary(self._stub.GetLoads, pb.GetLoadsRequest())
         return int(sum(load.num_running_reqs + load.num_waiting_reqs for load in loads.loads))
 
     async def _unary(self, method: Any, message: Any) -> Any:
@@ -94,9 +85,9 @@ class VllmGrpcWorker:
 
     async def generate(self, request: GenerationRequest) -> AsyncGenerator[GenerationChunk]:
         prompt = await asyncio.to_thread(self._template.render, request.messages, request.sampling.max_tokens)
-        message = self._pb.GenerateRequest(
+        message = pb.GenerateRequest(
             request_id=request.request_id,
-            tokenized=self._pb.TokenizedInput(input_ids=prompt),
+            tokenized=pb.TokenizedInput(input_ids=prompt),
             sampling_params=self._sampling_params(request.sampling),
             stream=True,
         )
@@ -166,7 +157,7 @@ class VllmGrpcWorker:
         async def abort() -> None:
             try:
                 await self._stub.Abort(
-                    self._pb.AbortRequest(request_ids=[request_id]), timeout=self._connect_timeout_s
+                    pb.AbortRequest(request_ids=[request_id]), timeout=self._connect_timeout_s
                 )
             except grpc.aio.AioRpcError as exc:
                 log.info(
@@ -178,7 +169,7 @@ class VllmGrpcWorker:
         task.add_done_callback(self._aborts.discard)
 
     def _sampling_params(self, sampling: SamplingOptions) -> Any:
-        params = self._pb.SamplingParams(
+        params = pb.SamplingParams(
             temperature=sampling.temperature,
             top_p=sampling.top_p,
             top_k=sampling.top_k,
