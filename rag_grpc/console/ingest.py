@@ -69,11 +69,13 @@ async def ingest(args: argparse.Namespace) -> int:
                 batches, version = batches + result.batches, result.index_version
         except RagClientError as err:
             view.close(summary=False)
-            print(
-                f"ingest failed: {err.code.name}: {err.message}; {sent_docs} documents were acknowledged "
-                f"and recorded: run the same command again to send the rest",
-                file=sys.stderr,
-            )
+            print(f"ingest failed: {err.code.name}: {err.message}", file=sys.stderr)
+            if sent_docs:
+                print(
+                    f"{sent_docs} documents were acknowledged and recorded: run the same command again "
+                    "to send the rest",
+                    file=sys.stderr,
+                )
             return 1
         except ValueError as exc:  # a file changed between the two passes
             view.close(summary=False)

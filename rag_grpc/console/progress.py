@@ -31,7 +31,8 @@ class IngestProgressView:
     def __init__(self, total_docs: int, total_bytes: int, terminal: bool | None = None) -> None:
         self.total_docs, self.total_bytes = total_docs, total_bytes
         self._began = time.monotonic()
-        self._last_line = 0.0
+        # Plain lines: the first after PLAIN_EVERY_S, so a short run writes only its closing line.
+        self._last_line = self._began
         self._docs = self._bytes = 0
         console = Console(stderr=True)
         self._bar: Progress | None = None

@@ -106,6 +106,14 @@ async def test_ingest_reports_progress_and_info_and_health(client: AsyncClient, 
         assert await client.health("no.such.Service") == "SERVICE_UNKNOWN"
         await client.delete([d.id for d in docs])
 
+        async def broken() -> AsyncIterator[Document]:
+            yield docs[0]
+            raise ValueError("line 2 is not JSON")
+
+        with pytest.raises(ValueError, match="line 2"):
+            await client.ingest(broken())
+        assert await client.health() == "SERVING"
+
 
 async def test_sync_client(target: str, isolated_tag: str) -> None:
     # In a thread: the server runs on this thread's event loop.

@@ -8,7 +8,7 @@ async with AsyncClient("127.0.0.1:50051") as client:
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterable, Awaitable, Callable, Iterable, Mapping, Sequence
+from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
 from types import TracebackType
 from typing import Any, Self, cast
 
@@ -92,6 +92,12 @@ async def _documents(documents: Iterable[DocumentLike] | AsyncIterable[DocumentL
     else:
         for doc in documents:
             yield doc
+
+
+def _report(batcher: c.Batcher, request: pb.IngestRequest, on_progress: ProgressCallback | None) -> None:
+    progress = batcher.sent(request)
+    if on_progress is not None:
+        on_progress(progress)
 
 
 class AsyncClient:
@@ -224,25 +230,34 @@ class AsyncClient:
         as it arrives. An exception from `documents` cancels the call and is raised as it is (batches sent
         before it may be stored). `on_progress` is called after each batch is sent."""
         batcher = c.Batcher(batch_size)
-        call = self._ingest(timeout=timeout or self.options.deadlines.ingest, metadata=self._metadata)
+        failure: list[BaseException] = []
 
-        async def send(request: pb.IngestRequest | None) -> None:
-            if request is not None:
-                await call.write(request)
-                progress = batcher.sent(request)
-                if on_progress is not None:
-                    on_progress(progress)
+        async def requests() -> AsyncIterator[pb.IngestRequest]:
+            # gRPC consumes this; an exception here only cancels the call, so it is kept for the caller.
+            try:
+                async for doc in _documents(documents):
+                    if (request := batcher.add(doc)) is not None:
+                        yield request
+                        _report(batcher, request, on_progress)
+                if (request := batcher.flush()) is not None:
+                    yield request
+                    _report(batcher, request, on_progress)
+            except Exception as exc:
+                failure.append(exc)
+                raise
 
+        # Writing from gRPC's own consumer of the iterator, not with call.write(): a server that refuses the
+        # call early (authentication, rate limits) is then reported with its status, not a failed write's.
+        call = self._ingest(
+            requests(), timeout=timeout or self.options.deadlines.ingest, metadata=self._metadata
+        )
         try:
-            async for doc in _documents(documents):
-                await send(batcher.add(doc))
-            await send(batcher.flush())
-            await call.done_writing()
             response = await call
         except grpc.RpcError as err:
             raise error_from_rpc(err) from None
-        except BaseException:
-            call.cancel()
+        except asyncio.CancelledError:
+            if failure:
+                raise failure[0] from None
             raise
         return t.IngestResult(response.documents, response.batches, response.index_version)
 
