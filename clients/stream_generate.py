@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Streams a Generate call through the generated stubs and prints tokens as they arrive.
+"""Streams a Generate call through the typed client (rag_grpc_client) and prints text as it arrives.
 
 .venv/bin/python clients/stream_generate.py "Which planet has the tallest volcano?" --retrieve 2
 """
@@ -10,40 +10,33 @@ import argparse
 import asyncio
 import sys
 
-import grpc
-
-from rag_grpc.v1 import rag_pb2 as pb
-from rag_grpc.v1 import rag_pb2_grpc as pb_grpc
+from rag_grpc_client import AsyncClient, Final, RagClientError, Retrieval, Sources, TextDelta
 
 
 async def stream(
     target: str, prompt: str, retrieve: int, max_tokens: int, temperature: float, timeout: float
 ) -> int:
-    request = pb.GenerateRequest(
-        prompt=prompt, sampling=pb.SamplingParams(max_tokens=max_tokens, temperature=temperature)
-    )
-    if retrieve:
-        request.retrieval.top_k = retrieve
-    async with grpc.aio.insecure_channel(target) as channel:
-        stub = pb_grpc.GenerateServiceStub(channel)
+    retrieval = Retrieval(top_k=retrieve) if retrieve else None
+    async with AsyncClient(target) as client:
         try:
-            async for message in stub.Generate(request, timeout=timeout):
-                event = message.WhichOneof("event")
-                if event == "sources":
-                    for hit in message.sources.hits:
+            events = client.generate(
+                prompt, retrieval=retrieval, max_tokens=max_tokens, temperature=temperature, timeout=timeout
+            )
+            async for event in events:
+                if isinstance(event, Sources):
+                    for hit in event.hits:
                         print(f"[source {hit.id} score={hit.score:.3f}]", file=sys.stderr)
-                elif event == "delta":
-                    print(message.delta.text, end="", flush=True)
-                else:
-                    final = message.final
+                elif isinstance(event, TextDelta):
+                    print(event.text, end="", flush=True)
+                elif isinstance(event, Final):
                     print(
-                        f"\n[{pb.FinishReason.Name(final.finish_reason)} prompt_tokens={final.usage.prompt_tokens}"
-                        f" completion_tokens={final.usage.completion_tokens}"
-                        f" ttft={final.timings.time_to_first_token_ms:.0f}ms total={final.timings.total_ms:.0f}ms]",
+                        f"\n[{event.finish_reason} prompt_tokens={event.usage.prompt_tokens}"
+                        f" completion_tokens={event.usage.completion_tokens}"
+                        f" ttft={event.timings.time_to_first_token_ms:.0f}ms total={event.timings.total_ms:.0f}ms]",
                         file=sys.stderr,
                     )
-        except grpc.aio.AioRpcError as err:
-            print(f"\nerror: {err.code().name}: {err.details()}", file=sys.stderr)
+        except RagClientError as err:
+            print(f"\nerror: {err.code.name}: {err.message} (field: {err.field})", file=sys.stderr)
             return 1
     return 0
 

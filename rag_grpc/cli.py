@@ -1,18 +1,21 @@
-"""`rag-grpc serve`, `rag-grpc ingest` and `rag-grpc snapshot`. Serve options are generated from the
-fields of every settings group, under their flat names, so the CLI can only override settings, never
-add meaning of its own."""
+"""`rag-grpc serve`, `new-api-key` and `snapshot`, and for people at a terminal `ask`, `search`, `ingest` and
+`status` (rag_grpc/console, through the typed client). Serve options are generated from the fields of every
+settings group, under their flat names, so the CLI can only override settings, never add meaning of its
+own."""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
 import sys
-from collections.abc import Iterator
-from itertools import islice
 from pathlib import Path
 from typing import Any
 
+from rag_grpc.console import parsers
 from rag_grpc.settings import Settings, setting_fields
+
+# The commands for people: parsers.add_<name> defines one, rag_grpc.console.<name>.<name> runs it.
+CLIENT_COMMANDS = ("ask", "search", "ingest", "status")
 
 
 def _add_settings_options(parser: argparse.ArgumentParser) -> None:
@@ -31,12 +34,17 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
     return Settings(**{name: value for name, value in given if value is not None})
 
 
-def _client_channel(target: str, tls_ca_file: Path | None) -> Any:
+def _client_channel(args: argparse.Namespace) -> Any:
     import grpc
 
-    if tls_ca_file is None:
-        return grpc.aio.insecure_channel(target)
-    return grpc.aio.secure_channel(target, grpc.ssl_channel_credentials(tls_ca_file.read_bytes()))
+    from rag_grpc.console.common import tls_from_args
+    from rag_grpc_client.config import credentials
+
+    tls = tls_from_args(args)
+    if tls is None:
+        return grpc.aio.insecure_channel(args.target)
+    options = [("grpc.ssl_target_name_override", tls.server_name)] if tls.server_name else None
+    return grpc.aio.secure_channel(args.target, credentials(tls), options=options)
 
 
 def _auth_metadata(api_key_file: Path | None) -> tuple[tuple[str, str], ...] | None:
@@ -44,71 +52,16 @@ def _auth_metadata(api_key_file: Path | None) -> tuple[tuple[str, str], ...] | N
     return (("authorization", f"Bearer {api_key_file.read_text().strip()}"),) if api_key_file else None
 
 
-def _add_client_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--target", default="127.0.0.1:50051", help="server address")
-    parser.add_argument(
-        "--api-key-file", type=Path, help="file holding a read-write API key, when the server needs one"
-    )
-    parser.add_argument("--tls-ca-file", type=Path, help="PEM CA that signed the server's certificate (TLS)")
-
-
-def _batched(documents: Iterator[Any], size: int) -> Iterator[list[Any]]:
-    while batch := list(islice(documents, size)):
-        yield batch
-
-
-async def _ingest(
-    target: str,
-    paths: list[Path],
-    batch_size: int,
-    chunk_chars: int,
-    api_key_file: Path | None = None,
-    tls_ca_file: Path | None = None,
-) -> int:
-    import grpc
-
-    from rag_grpc.ingest_files import documents_from_paths
-    from rag_grpc.v1 import rag_pb2 as pb
-    from rag_grpc.v1 import rag_pb2_grpc as pb_grpc
-
-    bad_input: list[ValueError] = []
-
-    def requests() -> Iterator[pb.IngestRequest]:
-        # An exception escaping a request iterator only cancels the call; remember it and end the stream.
-        try:
-            for batch in _batched(documents_from_paths(paths, chunk_chars), batch_size):
-                yield pb.IngestRequest(
-                    documents=[pb.Document(id=d.id, text=d.text, metadata=dict(d.metadata)) for d in batch]
-                )
-        except ValueError as exc:
-            bad_input.append(exc)
-
-    metadata = _auth_metadata(api_key_file)
-    async with _client_channel(target, tls_ca_file) as channel:
-        stub = pb_grpc.DocumentServiceStub(channel)
-        try:
-            response = await stub.Ingest(requests(), metadata=metadata)
-        except grpc.aio.AioRpcError as err:
-            print(f"ingest failed: {err.code().name}: {err.details()}", file=sys.stderr)
-            return 1
-    summary = f"ingested {response.documents} documents in {response.batches} batches; index version {response.index_version}"
-    if bad_input:
-        print(f"ingest stopped at bad input: {bad_input[0]} ({summary})", file=sys.stderr)
-        return 1
-    print(summary)
-    return 0
-
-
-async def _snapshot(target: str, api_key_file: Path | None = None, tls_ca_file: Path | None = None) -> int:
+async def _snapshot(args: argparse.Namespace) -> int:
     import grpc
 
     from rag_grpc.v1 import rag_pb2 as pb
     from rag_grpc.v1 import rag_pb2_grpc as pb_grpc
 
-    async with _client_channel(target, tls_ca_file) as channel:
+    async with _client_channel(args) as channel:
         try:
             response = await pb_grpc.AdminServiceStub(channel).Snapshot(
-                pb.SnapshotRequest(), metadata=_auth_metadata(api_key_file)
+                pb.SnapshotRequest(), metadata=_auth_metadata(args.api_key_file)
             )
         except grpc.aio.AioRpcError as err:
             print(f"snapshot failed: {err.code().name}: {err.details()}", file=sys.stderr)
@@ -130,11 +83,8 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
     serve = commands.add_parser("serve", help="run the gRPC server (options override RAG_GRPC_* settings)")
     _add_settings_options(serve)
-    ingest = commands.add_parser("ingest", help="send .txt/.md/.jsonl files to a running server")
-    ingest.add_argument("paths", nargs="+", type=Path, help="files or directories")
-    _add_client_options(ingest)
-    ingest.add_argument("--batch-size", type=int, default=64, help="documents per Ingest message")
-    ingest.add_argument("--chunk-chars", type=int, default=1000, help="longest chunk cut from a text file")
+    for name in CLIENT_COMMANDS:
+        getattr(parsers, f"add_{name}")(commands)
     new_key = commands.add_parser(
         "new-api-key",
         help="make a random API key; prints it once, and its line for api_keys_file (hash only)",
@@ -144,7 +94,7 @@ def build_parser() -> argparse.ArgumentParser:
     snapshot = commands.add_parser(
         "snapshot", help="ask a running server (with a data_dir) to snapshot its index now"
     )
-    _add_client_options(snapshot)
+    parsers.add_connection_options(snapshot)
     return parser
 
 
@@ -173,12 +123,13 @@ def main(argv: list[str] | None = None) -> int:
         asyncio.run(run_server(settings))
         return 0
     if args.command == "snapshot":
-        return asyncio.run(_snapshot(args.target, args.api_key_file, args.tls_ca_file))
-    return asyncio.run(
-        _ingest(
-            args.target, args.paths, args.batch_size, args.chunk_chars, args.api_key_file, args.tls_ca_file
-        )
-    )
+        return asyncio.run(_snapshot(args))
+    import importlib
+
+    from rag_grpc.console.common import run
+
+    command = importlib.import_module(f"rag_grpc.console.{args.command}")
+    return run(getattr(command, args.command)(args))
 
 
 if __name__ == "__main__":

@@ -37,6 +37,8 @@ class Status:
     code: grpc.StatusCode
     message: str
     retry_after_s: float | None = None
+    # The request field an INVALID_ARGUMENT names (also the start of its message).
+    field: str | None = None
 
 
 @dataclass(frozen=True)
@@ -56,14 +58,23 @@ def status_for(exc: BaseException) -> Status:
     for kind, code in _CODES:
         if isinstance(exc, kind):
             retry_after = exc.retry_after_s if isinstance(exc, errors.ResourceExhausted) else None
-            return Status(code, exc.message, retry_after)
+            field = exc.field if isinstance(exc, errors.InvalidArgument) else None
+            return Status(code, exc.message, retry_after, field)
     return Status(grpc.StatusCode.INTERNAL, INTERNAL_MESSAGE)
 
 
 def wire_status(status: Status) -> grpc.Status:
     """`status` as sent: a google.rpc.Status whose details carry RetryInfo when the caller should come back
-    later, plus a plain `retry-after` trailer (whole seconds, rounded up) for clients that read no details."""
+    later, plus a plain `retry-after` trailer (whole seconds, rounded up) for clients that read no details,
+    and BadRequest naming the field of an invalid request."""
     proto = status_pb2.Status(code=status.code.value[0], message=status.message)
+    if status.field is not None:
+        violation = error_details_pb2.BadRequest.FieldViolation(
+            field=status.field, description=status.message.removeprefix(f"{status.field}: ")
+        )
+        detail = any_pb2.Any()
+        detail.Pack(error_details_pb2.BadRequest(field_violations=[violation]))
+        proto.details.append(detail)
     extra: tuple[tuple[str, str], ...] = ()
     if status.retry_after_s is not None:
         delay = max(0.0, status.retry_after_s)
