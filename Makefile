@@ -12,8 +12,7 @@ METRICS_PORT ?= 9464
 # The CPU build of torch that this machine keeps on disk; a bare `torch` would pull CUDA wheels.
 TORCH_CPU := torch==2.13.0
 
-.PHONY: install install-test redis-server serve lint test smoke proto bench clean \
-	node-client proto-check proto-baseline promtool
+.PHONY: install install-test redis-server serve lint test smoke proto bench clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -42,12 +41,18 @@ lint: install-test
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
 
-test: install-test redis-server promtool lint proto-check node-client
+test: install-test redis-server lint
 	$(BIN)/pytest -q
 
 # Tests start their own redis-server (Debian package) on a free loopback port.
 redis-server:
 	@command -v redis-server >/dev/null || (apt-get update -qq && apt-get install -y -qq redis-server)
+
+.PHONY: promtool node-client proto-check proto-baseline
+
+# What `make test` needs besides the above: the proto checks, the TypeScript client (npm packages, stubs)
+# and promtool.
+test: proto-check node-client promtool
 
 # Tests check the Prometheus rules in deploy/observability/ with promtool (Debian package `prometheus`).
 promtool:

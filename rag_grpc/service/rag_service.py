@@ -413,13 +413,11 @@ class RagService:
             engine_request = GenerationRequest(
                 request_id=context.request_id, messages=messages, sampling=sampling
             )
-            span = self._generation_span(answer.model, sampling)
-            chunks = generator.generate(engine_request)
-            async with aclosing(self._deltas(answer, chunks, span)) as events:
+            async with aclosing(self._deltas(answer, generator.generate(engine_request))) as events:
                 async for event in events:
                     yield event
 
-    def _generation_span(self, model: str, sampling: SamplingOptions) -> Span | None:
+    def _generation_span(self, model: str) -> Span | None:
         """The span of the engine's work on one answer. Not made current: it stays open across the yields
         of _deltas, which ends it."""
         if self._tracer is None:
@@ -427,17 +425,16 @@ class RagService:
         attributes: dict[str, AttributeValue] = {
             "gen_ai.operation.name": "chat",
             "gen_ai.request.model": model,
-            "gen_ai.request.max_tokens": sampling.max_tokens,
-            "gen_ai.request.temperature": sampling.temperature,
         }
         return self._tracer.start_span("generate", attributes=attributes)
 
     async def _deltas(
-        self, answer: _Answer, chunks: AsyncIterator[GenerationChunk], span: Span | None = None
+        self, answer: _Answer, chunks: AsyncIterator[GenerationChunk]
     ) -> AsyncGenerator[GenerateEvent, None]:
-        """The engine's chunks as text deltas and a final event, with the generation metrics; `span` gets
-        an event at the first token and the usage and finish reason at the end, and is ended here."""
+        """The engine's chunks as text deltas and a final event, with the generation metrics and span (an
+        event at the first token; usage and finish reason at the end)."""
         model = answer.model
+        span = self._generation_span(model)
         unsent_tokens = 0
         last_delta_at = 0.0
         finish = "abort"  # what is recorded if the caller goes away (GeneratorExit/CancelledError) first
