@@ -68,12 +68,15 @@ class RagServer:
             if observability.metrics_port and metrics_registry is not None
             else None
         )
+        grpc_metrics = grpc_metrics if grpc_metrics is not None else GrpcMetrics(CollectorRegistry())
         self.health = health.aio.HealthServicer()
         self._health_monitor = HealthMonitor(
-            self.health, service.engine_health, settings.server.health_check_interval_s
+            self.health,
+            service.engine_health,
+            settings.server.health_check_interval_s,
+            on_checked=grpc_metrics.record_engine_health,
         )
         self._drain = DrainInterceptor()
-        grpc_metrics = grpc_metrics if grpc_metrics is not None else GrpcMetrics(CollectorRegistry())
         chain = interceptor_chain(settings, grpc_metrics, limiter, self._drain, tracer)
         self._server = grpc.aio.server(interceptors=chain, options=server_options(settings.server))
         pb_grpc.add_EmbedServiceServicer_to_server(servicers.EmbedServicer(service), self._server)

@@ -121,7 +121,7 @@ class RagService:
         self.admission = admission or Admission.for_generations(settings.limits)
         # Without a registry of its own the metrics are recorded where nobody scrapes them.
         self.metrics = metrics if metrics is not None else ServiceMetrics()
-        self.metrics.watch_index(lambda: engines.vector_store.size)
+        self.metrics.watch_index(lambda: engines.vector_store.size, lambda: engines.vector_store.version)
         self._validate = Validator(settings.limits)
         # Cached retrieval results are valid for this process's index only (see cache_entries.py).
         self._index_identity = uuid.uuid4().hex
