@@ -27,7 +27,7 @@ from tests.helpers import bearer, collect, expect_status
 OBSERVABILITY = Path(__file__).resolve().parents[1] / "deploy" / "observability"
 RULES = OBSERVABILITY / "prometheus"
 RULE_FILES = sorted(RULES.glob("*.rules.yml"))
-DASHBOARD = OBSERVABILITY / "grafana" / "rag-grpc.json"
+DASHBOARD = OBSERVABILITY / "grafana" / "dashboards" / "rag-grpc.json"
 
 # The PromQL functions, operators and keywords the queries use; any other word is a metric or a rule.
 PROMQL_WORDS = frozenset(
