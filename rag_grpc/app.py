@@ -21,6 +21,7 @@ from rag_grpc.metrics import GrpcMetrics, ServiceMetrics
 from rag_grpc.service import RagService
 from rag_grpc.service.cache import CacheStats, ResultCache, open_result_cache
 from rag_grpc.settings import Settings
+from rag_grpc.tracing import Tracing
 
 log = structlog.get_logger(__name__)
 
@@ -50,8 +51,10 @@ def build_server(
     service_metrics: ServiceMetrics | None = None,
     cache: ResultCache | None = None,
     limiter: RateLimiter | None = None,
+    tracing: Tracing | None = None,
 ) -> RagServer:
-    """The service and its server as `rag-grpc serve` runs them, every metric in `registry`.
+    """The service and its server as `rag-grpc serve` runs them, every metric in `registry`, and spans
+    through `tracing` when traces are on.
 
     Admission refusals and slot counts are recorded with the gRPC metrics (rag_rate_limited_total,
     rag_generate_running/waiting), next to the rate limits' refusals.
@@ -60,8 +63,16 @@ def build_server(
     admission = Admission.for_generations(settings.limits, on_refused=grpc_metrics.count_refusal)
     grpc_metrics.watch_admission(admission)
     service_metrics = service_metrics if service_metrics is not None else ServiceMetrics(registry)
-    service = RagService(engines, settings, cache, service_metrics, admission)
-    return RagServer(settings, service, metrics_registry=registry, grpc_metrics=grpc_metrics, limiter=limiter)
+    tracer = tracing.tracer if tracing is not None else None
+    service = RagService(engines, settings, cache, service_metrics, admission, tracer=tracer)
+    return RagServer(
+        settings,
+        service,
+        metrics_registry=registry,
+        grpc_metrics=grpc_metrics,
+        limiter=limiter,
+        tracer=tracer,
+    )
 
 
 async def load_demo_corpus(service: RagService) -> None:
@@ -86,6 +97,7 @@ async def serve(settings: Settings) -> None:
     service_metrics = ServiceMetrics(registry)
     stats = MeteredStats.into(service_metrics)
     limiter = build_rate_limiter(settings.limits)
+    tracing = Tracing.from_environment()
     try:
         async with (
             open_engines(settings, embed_stats=stats.embed, search_stats=stats.search) as engines,
@@ -98,6 +110,7 @@ async def serve(settings: Settings) -> None:
                 service_metrics=service_metrics,
                 cache=cache,
                 limiter=limiter,
+                tracing=tracing,
             )
             if settings.server.demo_corpus:
                 await load_demo_corpus(server.service)
@@ -113,6 +126,9 @@ async def serve(settings: Settings) -> None:
     finally:
         if limiter is not None:
             await limiter.aclose()
+        if tracing is not None:
+            # Exports the spans still buffered (a blocking call: the server is already down).
+            await asyncio.to_thread(tracing.shutdown)
     # Leaving open_engines shut the engines (and the cache) down, after the server stopped taking calls;
     # a durable vector store writes its final snapshot there.
     log.info("shutdown_complete")

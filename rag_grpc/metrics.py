@@ -9,7 +9,7 @@ Triton); see shared/reference/peer-systems.md section 6.
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Protocol
 from wsgiref.simple_server import WSGIServer
 
@@ -147,10 +147,22 @@ class GrpcMetrics:
         self.generations_waiting = Gauge(
             "rag_generate_waiting", "Generate calls queued for an admission slot.", registry=registry
         )
+        self.engine_healthy = Gauge(
+            "rag_engine_healthy",
+            "1 while the engine passed its last health check, else 0 (engine: embedder, vector_store, "
+            "generator:<model>); what the gRPC health service reports is derived from these.",
+            ("engine",),
+            registry=registry,
+        )
 
     def count_refusal(self, caller: str, reason: str) -> None:
         """A call refused by admission (caller_quota, queue_full, draining)."""
         self.rate_limited.labels(caller, reason).inc()
+
+    def record_engine_health(self, problems: Mapping[str, str | None]) -> None:
+        """Each engine's last health check (its problem, None when healthy)."""
+        for engine, problem in problems.items():
+            self.engine_healthy.labels(engine).set(0 if problem else 1)
 
     def watch_admission(self, admission: _Slots) -> None:
         """Slot counts are read at scrape time, so they are right whoever changed them."""
@@ -229,6 +241,9 @@ class ServiceMetrics:
             registry=registry,
         )
         self.index_vectors = Gauge("rag_index_vectors", "Vectors in the index.", registry=registry)
+        self.index_version = Gauge(
+            "rag_index_version", "Version of the index; every write increases it.", registry=registry
+        )
         self.cache_hits = Counter(
             "rag_cache_hits_total", "Cache lookups that hit.", ("cache",), registry=registry
         )
@@ -251,9 +266,11 @@ class ServiceMetrics:
     def record_cache_error(self, cache: str) -> None:
         self.cache_errors.labels(cache).inc()
 
-    def watch_index(self, size: Callable[[], float]) -> None:
-        """The index size is read at scrape time, so it is right whoever changed the index."""
+    def watch_index(self, size: Callable[[], float], version: Callable[[], float] | None = None) -> None:
+        """The index size (and version) are read at scrape time, so they are right whoever changed the index."""
         self.index_vectors.set_function(size)
+        if version is not None:
+            self.index_version.set_function(version)
 
 
 class MetricsHttpServer:

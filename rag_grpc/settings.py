@@ -20,7 +20,7 @@ The grouping is internal. Every field's name is unique across all groups and is 
 environment variable `RAG_GRPC_<NAME>` (case-insensitive, also read from a `.env` file), the flag
 `rag-grpc serve --<name>` and the keyword `Settings(<name>=...)` all stay flat, so deployments never
 see a group. Precedence: keywords > environment > .env > defaults. Nothing else in the package reads
-the environment.
+the environment, except for traces: OpenTelemetry's standard OTEL_* variables (rag_grpc/tracing.py).
 """
 
 from __future__ import annotations

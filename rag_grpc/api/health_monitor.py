@@ -46,9 +46,12 @@ class HealthMonitor:
         servicer: health.aio.HealthServicer,
         check: Callable[[], Awaitable[EngineHealth]],
         interval_s: float,
+        on_checked: Callable[[EngineHealth], None] | None = None,
     ) -> None:
+        """`on_checked` is told each check's result (the server records it as rag_engine_healthy)."""
         self._servicer = servicer
         self._check = check
+        self._on_checked = on_checked
         self._interval_s = interval_s
         self._serving: dict[str, bool] = {}
         self._task: asyncio.Task[None] | None = None
@@ -56,6 +59,8 @@ class HealthMonitor:
     async def update(self) -> None:
         """Checks the engines once and sets every status that changed."""
         problems = await self._check()
+        if self._on_checked is not None:
+            self._on_checked(problems)
         for service, serving in serving_by_service(problems).items():
             if self._serving.get(service) == serving:
                 continue

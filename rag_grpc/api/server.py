@@ -4,6 +4,7 @@ the engines) and reflection, TLS, and the metrics endpoint that lives as long as
 from __future__ import annotations
 
 import asyncio
+from typing import TYPE_CHECKING
 
 import grpc
 import structlog
@@ -25,6 +26,9 @@ from rag_grpc.v1 import rag_pb2_grpc as pb_grpc
 
 # How long a draining server keeps taking new calls after reporting NOT_SERVING (bounded by the grace).
 _HEALTH_PROPAGATION_S = 0.3
+
+if TYPE_CHECKING:
+    from opentelemetry.trace import Tracer
 
 log = structlog.get_logger(__name__)
 
@@ -53,10 +57,12 @@ class RagServer:
         metrics_registry: CollectorRegistry | None = None,
         grpc_metrics: GrpcMetrics | None = None,
         limiter: RateLimiter | None = None,
+        tracer: Tracer | None = None,
     ) -> None:
         """`metrics_registry` is served on metrics_port while the server runs (if both are set);
         `grpc_metrics` are recorded there (a private registry when not given). `limiter` enforces the rate
-        limits (None: no limits); it is the caller's to close."""
+        limits (None: no limits); it is the caller's to close. `tracer`: a server span per call when
+        traces are on (None: off)."""
         self._settings = settings
         observability = settings.observability
         self.service = service
@@ -65,13 +71,16 @@ class RagServer:
             if observability.metrics_port and metrics_registry is not None
             else None
         )
+        grpc_metrics = grpc_metrics if grpc_metrics is not None else GrpcMetrics(CollectorRegistry())
         self.health = health.aio.HealthServicer()
         self._health_monitor = HealthMonitor(
-            self.health, service.engine_health, settings.server.health_check_interval_s
+            self.health,
+            service.engine_health,
+            settings.server.health_check_interval_s,
+            on_checked=grpc_metrics.record_engine_health,
         )
         self._drain = DrainInterceptor()
-        grpc_metrics = grpc_metrics if grpc_metrics is not None else GrpcMetrics(CollectorRegistry())
-        chain = interceptor_chain(settings, grpc_metrics, limiter, self._drain)
+        chain = interceptor_chain(settings, grpc_metrics, limiter, self._drain, tracer)
         self._server = grpc.aio.server(interceptors=chain, options=server_options(settings.server))
         pb_grpc.add_EmbedServiceServicer_to_server(servicers.EmbedServicer(service), self._server)
         pb_grpc.add_RetrieveServiceServicer_to_server(servicers.RetrieveServicer(service), self._server)

@@ -5,9 +5,10 @@ from __future__ import annotations
 import dataclasses
 import time
 import uuid
-from collections.abc import AsyncGenerator, AsyncIterator, Iterator, Sequence
-from contextlib import aclosing
+from collections.abc import AsyncGenerator, AsyncIterator, Iterator, Mapping, Sequence
+from contextlib import AbstractContextManager, aclosing, nullcontext
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -49,6 +50,13 @@ from rag_grpc.service.cache_entries import CachedAnswer, IndexState
 from rag_grpc.service.prompt import grounded_messages, retrieval_query
 from rag_grpc.service.validation import Validator
 from rag_grpc.settings import Settings
+
+if TYPE_CHECKING:
+    from opentelemetry.trace import Span, Tracer
+    from opentelemetry.util.types import AttributeValue
+
+# What _span gives while traces are off: one shared context manager that does nothing.
+_NO_SPAN: nullcontext[None] = nullcontext()
 
 
 def _ms_since(start: float) -> float:
@@ -102,19 +110,30 @@ class RagService:
         cache: ResultCache | None = None,
         metrics: ServiceMetrics | None = None,
         admission: Admission | None = None,
+        tracer: Tracer | None = None,
     ) -> None:
         """`admission` bounds the generations the engines work on at once (built from the settings
-        when not given; the server passes one whose refusals it counts)."""
+        when not given; the server passes one whose refusals it counts). `tracer`: spans for the steps of
+        each call when traces are on (rag_grpc/tracing.py); None costs nothing."""
         self.engines = engines
         self.settings = settings
         self.cache = cache or ResultCache.disabled()
         self.admission = admission or Admission.for_generations(settings.limits)
         # Without a registry of its own the metrics are recorded where nobody scrapes them.
         self.metrics = metrics if metrics is not None else ServiceMetrics()
-        self.metrics.watch_index(lambda: engines.vector_store.size)
+        self.metrics.watch_index(lambda: engines.vector_store.size, lambda: engines.vector_store.version)
         self._validate = Validator(settings.limits)
         # Cached retrieval results are valid for this process's index only (see cache_entries.py).
         self._index_identity = uuid.uuid4().hex
+        self._tracer = tracer
+
+    def _span(
+        self, name: str, attributes: Mapping[str, AttributeValue] | None = None
+    ) -> AbstractContextManager[Span | None]:
+        """A child of the current span while traces are on, for a step that does not yield; else nothing."""
+        if self._tracer is None:
+            return _NO_SPAN
+        return self._tracer.start_as_current_span(name, attributes=attributes)
 
     def _index_state(self, version: int) -> IndexState:
         return IndexState(self._index_identity, version)
@@ -153,7 +172,11 @@ class RagService:
 
     async def _embed(self, texts: Sequence[str]) -> EmbeddingBatch:
         """Every embedding the service computes (cache hits excluded) goes through here."""
-        batch = await self.engines.embedder.embed(texts)
+        model = self.engines.embedder.info.model
+        with self._span("embed", {"gen_ai.request.model": model, "rag.embed.texts": len(texts)}) as span:
+            batch = await self.engines.embedder.embed(texts)
+            if span is not None:
+                span.set_attribute("gen_ai.usage.input_tokens", sum(batch.token_counts))
         self.metrics.embed_tokens.inc(sum(batch.token_counts))
         return batch
 
@@ -172,8 +195,13 @@ class RagService:
         if not self.cache.enabled(CacheKind.EMBEDDING):
             return await self._embed(texts), [False] * len(texts)
         keys = [entries.embedding_key(embedder.info.model, text) for text in texts]
-        found = await self.cache.get_many(CacheKind.EMBEDDING, keys)
-        missing = [i for i, value in enumerate(found) if value is None]
+        with self._span("cache.lookup", {"rag.cache": CacheKind.EMBEDDING.value}) as span:
+            found = await self.cache.get_many(CacheKind.EMBEDDING, keys)
+            missing = [i for i, value in enumerate(found) if value is None]
+            if span is not None:
+                span.set_attributes(
+                    {"rag.cache.hits": len(found) - len(missing), "rag.cache.misses": len(missing)}
+                )
         vectors = np.empty((len(texts), embedder.dimension), dtype=np.float32)
         counts = [0] * len(texts)
         for i, value in enumerate(found):
@@ -194,7 +222,12 @@ class RagService:
     async def _search(self, query: str | np.ndarray, options: RetrievalOptions) -> SearchResult:
         """Searches for a text (embedded here) or a unit vector, through the retrieval cache."""
         started = time.perf_counter()
-        result = await self._search_through_cache(query, options)
+        with self._span("retrieve", {"rag.retrieve.top_k": options.top_k}) as span:
+            result = await self._search_through_cache(query, options)
+            if span is not None:
+                span.set_attributes(
+                    {"rag.retrieve.hits": len(result.hits), "rag.index.version": result.index_version}
+                )
         self.metrics.retrieve_seconds.observe(time.perf_counter() - started)
         self.metrics.retrieve_results.observe(len(result.hits))
         return result
@@ -215,12 +248,16 @@ class RagService:
                     self._index_state(index_version), subject, options.top_k, filter_, min_score
                 )
 
-            cached = await self.cache.get(CacheKind.RETRIEVAL, cache_key(await store.current_version()))
+            with self._span("cache.lookup", {"rag.cache": CacheKind.RETRIEVAL.value}) as span:
+                cached = await self.cache.get(CacheKind.RETRIEVAL, cache_key(await store.current_version()))
+                if span is not None:
+                    span.set_attribute("rag.cache.hit", cached is not None)
             if cached is not None:
                 return entries.decode_search_result(cached)
         vector = (await self._embed_queries([query]))[0].vectors[0] if isinstance(query, str) else query
         search = SearchQuery(vector=vector, top_k=options.top_k, filter=filter_, min_score=min_score)
-        (result,) = await store.search([search])
+        with self._span("index.search", {"rag.index.size": store.size}):
+            (result,) = await store.search([search])
         if use_cache:
             # Stored under the version that answered, so a write since the lookup is never hidden.
             encoded = entries.encode_search_result(result)
@@ -316,7 +353,10 @@ class RagService:
             return entries.generation_key(generator.info.model, messages, sampling, retrieval, index)
 
         version = await self.engines.vector_store.current_version() if retrieval else None
-        cached = await self.cache.get(CacheKind.GENERATION, cache_key(version))
+        with self._span("cache.lookup", {"rag.cache": CacheKind.GENERATION.value}) as span:
+            cached = await self.cache.get(CacheKind.GENERATION, cache_key(version))
+            if span is not None:
+                span.set_attribute("rag.cache.hit", cached is not None)
         if cached is not None:
             for event in _replay(entries.decode_answer(cached), answer):
                 yield event
@@ -362,9 +402,13 @@ class RagService:
                 result = await self._search(retrieval_query(messages), retrieval)
                 answer.retrieval_ms = _ms_since(answer.started)
                 yield SourcesEvent(hits=result.hits, index_version=result.index_version)
-                messages = grounded_messages(
-                    messages, result.hits, generator.control_tokens, self.settings.limits.max_grounding_chars
-                )
+                with self._span("prompt.build", {"rag.prompt.documents": len(result.hits)}):
+                    messages = grounded_messages(
+                        messages,
+                        result.hits,
+                        generator.control_tokens,
+                        self.settings.limits.max_grounding_chars,
+                    )
             engine_request = GenerationRequest(
                 request_id=context.request_id, messages=messages, sampling=sampling, deadline=context.deadline
             )
@@ -372,11 +416,24 @@ class RagService:
                 async for event in events:
                     yield event
 
+    def _generation_span(self, model: str) -> Span | None:
+        """The span of the engine's work on one answer. Not made current: it stays open across the yields
+        of _deltas, which ends it."""
+        if self._tracer is None:
+            return None
+        attributes: dict[str, AttributeValue] = {
+            "gen_ai.operation.name": "chat",
+            "gen_ai.request.model": model,
+        }
+        return self._tracer.start_span("generate", attributes=attributes)
+
     async def _deltas(
         self, answer: _Answer, chunks: AsyncIterator[GenerationChunk]
     ) -> AsyncGenerator[GenerateEvent, None]:
-        """The engine's chunks as text deltas and a final event, with the generation metrics."""
+        """The engine's chunks as text deltas and a final event, with the generation metrics and span (an
+        event at the first token; usage and finish reason at the end)."""
         model = answer.model
+        span = self._generation_span(model)
         unsent_tokens = 0
         last_delta_at = 0.0
         finish = "abort"  # what is recorded if the caller goes away (GeneratorExit/CancelledError) first
@@ -390,6 +447,8 @@ class RagService:
                         if not answer.time_to_first_token_ms:
                             answer.time_to_first_token_ms = (now - answer.started) * 1000.0
                             self.metrics.time_to_first_token.labels(model).observe(now - answer.started)
+                            if span is not None:
+                                span.add_event("first_token")
                         else:
                             self.metrics.inter_token_latency.labels(model).observe(now - last_delta_at)
                         last_delta_at = now
@@ -414,3 +473,21 @@ class RagService:
             self.metrics.finished.labels(model, finish).inc()
             self.metrics.generation_tokens.labels(model).inc(answer.completion_tokens)
             self.metrics.request_generation_tokens.labels(model).observe(answer.completion_tokens)
+            if span is not None:
+                _end_generation_span(span, answer, finish)
+
+
+def _end_generation_span(span: Span, answer: _Answer, finish: str) -> None:
+    span.set_attributes(
+        {
+            "gen_ai.response.model": answer.model,
+            "gen_ai.response.finish_reasons": (finish,),
+            "gen_ai.usage.input_tokens": answer.prompt_tokens,
+            "gen_ai.usage.output_tokens": answer.completion_tokens,
+        }
+    )
+    if finish == "error":
+        from opentelemetry.trace import Status, StatusCode
+
+        span.set_status(Status(StatusCode.ERROR, "the generator failed"))
+    span.end()

@@ -1,7 +1,10 @@
 """The interceptor chain: declared here once, outermost first, with the reason for each position.
 
-1. RequestLogInterceptor: outermost, so its line sees every call with the code the caller got, refusals
-   included, and the request id it assigns is known to everything inside.
+0. TracingInterceptor (only when traces are on, see rag_grpc/tracing.py): outermost, so that its server
+   span covers the whole call, refusals included, and the request log line, written inside the span,
+   carries its trace id.
+1. RequestLogInterceptor: outermost after tracing, so its line sees every call with the code the caller
+   got, refusals included, and the request id it assigns is known to everything inside.
 2. MetricsInterceptor: outside auth and the limits for the same reason: refused calls are counted
    with their code.
 3. AuthInterceptor (when keys are configured): before the limits, which are kept per caller.
@@ -20,6 +23,7 @@ the engine works on it (see RagService.generate), so a caller that stops reading
 from __future__ import annotations
 
 import ipaddress
+from typing import TYPE_CHECKING
 
 import grpc
 import structlog
@@ -39,6 +43,9 @@ from rag_grpc.limits.rate_limiter import RateLimiter
 from rag_grpc.metrics import GrpcMetrics
 from rag_grpc.settings import Settings
 
+if TYPE_CHECKING:
+    from opentelemetry.trace import Tracer
+
 log = structlog.get_logger(__name__)
 
 
@@ -50,11 +57,21 @@ def _is_loopback(host: str) -> bool:
 
 
 def interceptor_chain(
-    settings: Settings, metrics: GrpcMetrics, limiter: RateLimiter | None, drain: DrainInterceptor
+    settings: Settings,
+    metrics: GrpcMetrics,
+    limiter: RateLimiter | None,
+    drain: DrainInterceptor,
+    tracer: Tracer | None = None,
 ) -> list[grpc.aio.ServerInterceptor]:
-    """The chain for `settings`, outermost first (see the module docstring for the order)."""
+    """The chain for `settings`, outermost first (see the module docstring for the order). `tracer`: the
+    traces' tracer when they are on; None leaves tracing out of the chain."""
     security, limits = settings.security, settings.limits
-    chain: list[grpc.aio.ServerInterceptor] = [
+    chain: list[grpc.aio.ServerInterceptor] = []
+    if tracer is not None:
+        from rag_grpc.api.interceptors.tracing import TracingInterceptor
+
+        chain.append(TracingInterceptor(tracer))
+    chain += [
         RequestLogInterceptor(settings.observability.log_payloads),
         MetricsInterceptor(metrics),
     ]

@@ -1,6 +1,6 @@
 """Request ids and one JSON log line per RPC.
 
-Outermost in the chain: it starts the call record (call_context) that the inner interceptors fill in,
+Outermost in the chain but for tracing: it starts the call record (call_context) that the inner interceptors fill in,
 so its line names the caller and the final status whoever refused the call.
 
 The request id is the client's `x-request-id` when it is a sane one (1..128 printable ASCII characters

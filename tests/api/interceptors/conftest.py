@@ -23,6 +23,7 @@ from rag_grpc.limits.rate_limiter import build_rate_limiter
 from rag_grpc.metrics import ServiceMetrics
 from rag_grpc.service.cache import open_result_cache
 from rag_grpc.settings import Settings
+from rag_grpc.tracing import Tracing
 from tests.conftest import Stubs
 
 # Keys are 43 url-safe characters, like `rag-grpc new-api-key` makes.
@@ -72,11 +73,12 @@ async def serving(
     *,
     secure_channel: grpc.ChannelCredentials | None = None,
     full_service: bool = False,
+    tracing: Tracing | None = None,
     **overrides: Any,
 ) -> AsyncIterator[RunningServer]:
     """A server built the way `rag-grpc serve` builds one, with `overrides` on the session settings.
     `full_service` adds what serve() adds around the service: micro-batchers and the result cache,
-    with their metrics."""
+    with their metrics. `tracing`: spans go there (traces are off without it)."""
     settings = base.with_overrides(**overrides)
     registry = CollectorRegistry()
     limiter = build_rate_limiter(settings.limits)
@@ -95,6 +97,7 @@ async def serving(
             service_metrics=service_metrics,
             cache=cache,
             limiter=limiter,
+            tracing=tracing,
         )
         await server.start()
         running = RunningServer(server, settings, registry, server.service.admission)
