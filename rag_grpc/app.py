@@ -14,6 +14,8 @@ from prometheus_client import CollectorRegistry
 from rag_grpc.api.server import RagServer
 from rag_grpc.engines import Engines, open_engines
 from rag_grpc.engines.micro_batcher import BatcherStats
+from rag_grpc.engines.remote import RemoteGenerator
+from rag_grpc.engines.remote.metrics import EndpointCollector
 from rag_grpc.ingest_files import demo_corpus_dir, documents_from_paths
 from rag_grpc.limits.admission import Admission
 from rag_grpc.limits.rate_limiter import RateLimiter, build_rate_limiter
@@ -63,6 +65,9 @@ def build_server(
     admission = Admission.for_generations(settings.limits, on_refused=grpc_metrics.count_refusal)
     grpc_metrics.watch_admission(admission)
     service_metrics = service_metrics if service_metrics is not None else ServiceMetrics(registry)
+    remote = [g for g in engines.generators.values() if isinstance(g, RemoteGenerator)]
+    if remote:
+        registry.register(EndpointCollector(remote))
     tracer = tracing.tracer if tracing is not None else None
     service = RagService(engines, settings, cache, service_metrics, admission, tracer=tracer)
     return RagServer(

@@ -231,6 +231,11 @@ async def test_losing_a_worker_mid_answer_fails_only_its_stream_and_it_is_probed
             5.0,
             "NOT_SERVING with no healthy worker",
         )
+        await until(lambda: _false(_healthy(pool, worker_a.url)), 5.0, "worker A ejected")
+        labels = {"model": pool.info.model, "endpoint": worker_a.url}
+        assert both.sample("rag_generator_endpoint_healthy", **labels) == 0
+        assert both.sample("rag_generator_endpoint_ejections_total", **labels) >= 1
+        assert both.sample("rag_generator_endpoint_failures_total", **labels) >= 1
         # A pool whose only worker is down cannot start, and says which endpoint it could not reach.
         with pytest.raises(Unavailable, match=worker_a.url.replace(".", r"\.")):
             async with RemoteGenerator([worker_a.url], generator_model_dir, connect_timeout_s=2.0):
@@ -281,6 +286,10 @@ async def _finish(call: Any) -> tuple[grpc.StatusCode, list[pb.GenerateResponse]
 
 async def _equals(value: Any, expected: int) -> bool:
     return bool(await value == expected)
+
+
+async def _false(value: Any) -> bool:
+    return not await value
 
 
 async def _healthy(pool: RemoteGenerator, url: str) -> bool:

@@ -11,11 +11,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from prometheus_client import CollectorRegistry
 from pydantic import SecretStr
 from structlog.testing import capture_logs
 
 from rag_grpc.domain import ChatMessage, FinishReason, GenerationChunk, GenerationRequest, SamplingOptions
 from rag_grpc.engines.remote import RemoteGenerator
+from rag_grpc.engines.remote.metrics import EndpointCollector
 from rag_grpc.errors import InvalidArgument, Unavailable
 from tests.fakes.misbehaving_workers import start_grpc_worker, start_openai_worker
 
@@ -141,6 +143,17 @@ async def test_consecutive_request_failures_eject_an_endpoint_that_passes_health
             await answer(generator)  # each still succeeds, on the good endpoint
         assert (status[bad_url].healthy, status[bad_url].ejections) == (False, 1)
         assert [e.healthy for e in generator.info.endpoints] == [False, True]
+
+        registry = CollectorRegistry()
+        registry.register(EndpointCollector([generator]))
+        bad = {"model": generator.info.model, "endpoint": bad_url}
+        good = {"model": generator.info.model, "endpoint": good_url}
+        assert registry.get_sample_value("rag_generator_endpoint_healthy", bad) == 0
+        assert registry.get_sample_value("rag_generator_endpoint_healthy", good) == 1
+        assert registry.get_sample_value("rag_generator_endpoint_ejections_total", bad) == 1
+        assert registry.get_sample_value("rag_generator_endpoint_failures_total", bad) == 2
+        answered = registry.get_sample_value("rag_generator_endpoint_requests_total", good)
+        assert answered == registry.get_sample_value("rag_generator_endpoint_request_seconds_count", good) > 0
 
 
 async def test_a_probe_brings_an_ejected_endpoint_back(workers: Any, generator_model_dir: Path) -> None:
