@@ -130,7 +130,8 @@ proto: $(BIN)/python
 # Every server in the run (ours in-process, the peers as children) gets the same OpenMP policy:
 # active spin-waiting starves the other threads on a shared 2-core machine. The soak keeps its caches
 # in a throwaway redis-server on loopback, as the tests do.
-bench: install redis-server
+bench: install install-vllm redis-server nginx
+	@test -e /usr/lib/x86_64-linux-gnu/libtcmalloc_minimal.so.4 || (apt-get update -qq && apt-get install -y -qq libtcmalloc-minimal4)
 	$(BIN)/pip install -q -e '.[bench]'
 	OMP_WAIT_POLICY=PASSIVE $(BIN)/python -m bench.run
 

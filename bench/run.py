@@ -43,6 +43,7 @@ BENCHMARKS = (
     "overload",
     "soak",
     "scale_out",
+    "vllm",
 )
 CACHES_OFF = "cache_backend=none"
 
@@ -78,6 +79,7 @@ async def _run(quick: bool, only: set[str], soak_s: float | None, storm_s: float
         serve_generate,
         soak,
         transport,
+        vllm_sides,
     )
 
     short: dict[str, Any] = {"rounds": 2, "service_s": 2.0, "raw_s": 0.5, "warmup_s": 1.0} if quick else {}
@@ -117,6 +119,8 @@ async def _run(quick: bool, only: set[str], soak_s: float | None, storm_s: float
         results["scale_out"] = await scale_out.bench_scale_out(
             documents=20_000 if quick else 100_000, duration_s=3.0 if quick else 10.0
         )
+    if "vllm" in only:
+        results["vllm"] = await vllm_sides.bench_vllm_sides(duration_s=10.0 if quick else 30.0)
     return results
 
 
@@ -345,6 +349,44 @@ def _scale_out_rows(results: dict[str, Any]) -> list[Row]:
     ]
 
 
+_VLLM_SIDES = (
+    ("vllm_grpc", "(a) vLLM gRPC server, direct"),
+    ("vllm_grpc_preload", "(a') as (a), with tcmalloc and libiomp5 in LD_PRELOAD"),
+    ("vllm_openai", "(b) vLLM OpenAI server"),
+    ("rag_grpc_vllm", "(c) rag-grpc, vLLM in process"),
+    ("rag_grpc_remote_grpc", "(d) rag-grpc, remote grpc:// in front of (a)"),
+    ("rag_grpc_transformers", "(e) rag-grpc, transformers engine"),
+)
+
+
+def _vllm_rows(results: dict[str, Any]) -> list[Row]:
+    """Issue 9's table: every side against (a), vLLM's own gRPC server, at each stream count."""
+    report = results["vllm"]
+    sides = report["sides"]
+    base_rows = {row["streams"]: row for row in sides["vllm_grpc"]}
+    rows = []
+    for key, label in _VLLM_SIDES:
+        for row in sides.get(key, ()):
+            base = base_rows[row["streams"]]
+            target = ""
+            if key == "rag_grpc_vllm":
+                ttft_excess = row["ttft_p50_ms"] - base["ttft_p50_ms"]
+                target = f" (target >= 0.95, TTFT <= (a) + 10 ms: {ttft_excess:+.0f} ms)"
+            elif key == "rag_grpc_remote_grpc":
+                target = " (target >= 0.9)"
+            rows.append(
+                Row(
+                    f"{label}, {row['streams']} stream(s) x {report['tokens']} tokens",
+                    f"{_stream_cell(row)}; TTFT p99 {row['ttft_p99_ms']:.0f} ms",
+                    f"(a): {base['tokens_per_s']:.1f} tok/s, TTFT {base['ttft_p50_ms']:.0f} ms",
+                    f"{_ratio(row['tokens_per_s'], base['tokens_per_s']):.2f}{target}",
+                    _codes(row["non_ok"]),
+                    "greedy, min_tokens = max_tokens; vLLM float32, compiled, 1 GiB KV cache; " + CACHES_OFF,
+                )
+            )
+    return rows
+
+
 _ROW_MAKERS: tuple[tuple[str, Callable[[dict[str, Any]], list[Row]]], ...] = (
     ("embed", _embed_rows),
     ("retrieve", _retrieve_rows),
@@ -353,6 +395,7 @@ _ROW_MAKERS: tuple[tuple[str, Callable[[dict[str, Any]], list[Row]]], ...] = (
     ("", _other_rows),
     ("soak", _soak_rows),
     ("scale_out", _scale_out_rows),
+    ("vllm", _vllm_rows),
 )
 
 
