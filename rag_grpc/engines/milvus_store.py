@@ -83,7 +83,14 @@ class MilvusVectorStore:
 
     async def __aenter__(self) -> Self:
         self._client = await self._run(
-            MilvusClient, uri=self._uri, token=self._token, timeout=self._timeout_s
+            MilvusClient,
+            uri=self._uri,
+            token=self._token,
+            timeout=self._timeout_s,
+            # pymilvus pings every 10 s even while idle; a server with gRPC's default ping policy (5 min,
+            # as milvus-lite's) answers GOAWAY "too many pings" and the next call fails. Idle connections
+            # need no pings: gRPC reconnects on the next call.
+            grpc_options={"grpc.keepalive_permit_without_calls": False},
         )
         await self._run(self._ensure_collection)
         await self._refresh()

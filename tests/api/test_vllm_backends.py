@@ -207,20 +207,22 @@ async def test_losing_a_worker_mid_answer_fails_only_its_stream_and_it_is_probed
         remote_server(engines, settings, generator_model_dir, urls) as (both, pool),
         remote_server(engines, settings, generator_model_dir, [worker_a.url]) as (only_a, _),
     ):
-        streams = [
-            both.stubs.generate.Generate(pb.GenerateRequest(prompt="Tell a story.", sampling=LONG))
-            for _ in range(2)
-        ]
-        firsts = [await anext(aiter(s)) for s in streams]
-        assert all(f.WhichOneof("event") == "delta" for f in firsts)
-        on_a = {s.url: s.in_flight for s in pool.endpoints}
-        assert on_a == {worker_a.url: 1, worker_b.url: 1}  # least outstanding work spreads them
+        # Streams until each worker has one: least outstanding work sends the second to the other worker
+        # unless a stale load report says otherwise, so a few more are allowed.
+        streams = []
+        while len(streams) < 4 and not all(s.in_flight for s in pool.endpoints):
+            stream = both.stubs.generate.Generate(pb.GenerateRequest(prompt="Tell a story.", sampling=LONG))
+            assert (await anext(aiter(stream))).WhichOneof("event") == "delta"
+            streams.append(stream)
+        on = {s.url: s.in_flight for s in pool.endpoints}
+        assert on[worker_a.url] >= 1 and on[worker_b.url] >= 1, on
 
         worker_a.kill()
         results = await asyncio.gather(*(_finish(s) for s in streams))
-        codes = sorted(code.name for code, _ in results)
-        # The stream on A fails (no retry after its first token, no spliced text); B's finishes.
-        assert codes == ["OK", "UNAVAILABLE"]
+        codes = [code for code, _ in results]
+        # A's streams fail (no retry after their first token, no spliced text); B's finish.
+        assert codes.count(grpc.StatusCode.UNAVAILABLE) == on[worker_a.url]
+        assert codes.count(grpc.StatusCode.OK) == on[worker_b.url]
         for code, messages in results:
             if code == grpc.StatusCode.UNAVAILABLE:
                 assert not any(m.HasField("final") for m in messages)
