@@ -5,14 +5,18 @@ drain fits its termination grace period."""
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
 
+import grpc
 import pytest
 import yaml
 
 from bench import nginx_front
+from rag_grpc.v1 import rag_pb2 as pb
+from rag_grpc.v1 import rag_pb2_grpc as pb_grpc
 from tests.conftest import free_loopback_port
 
 DEPLOY = Path(__file__).parents[2] / "deploy"
@@ -80,3 +84,35 @@ def test_nginx_accepts_its_config(tmp_path: Path) -> None:
     conf = nginx_front.render(tmp_path, ["127.0.0.1:1", "127.0.0.1:2"], free_loopback_port())
     checked = nginx_front.check(conf)
     assert checked.returncode == 0, checked.stderr
+
+
+async def test_nginx_answers_a_lost_call_with_a_retryable_unavailable(tmp_path: Path) -> None:
+    """nginx's own 502 (here: no replica listens) reaches gRPC clients as a trailers-only UNAVAILABLE,
+    which their retry policy retries. nginx's HTML 502 page has headers and a body: in drains, clients
+    ended some such calls as UNAVAILABLE without retrying them."""
+    retry = {
+        "methodConfig": [
+            {
+                "name": [{"service": "rag_grpc.v1.EmbedService"}],
+                "retryPolicy": {
+                    "maxAttempts": 3,
+                    "initialBackoff": "0.01s",
+                    "maxBackoff": "0.01s",
+                    "backoffMultiplier": 1,
+                    "retryableStatusCodes": ["UNAVAILABLE"],
+                },
+            }
+        ]
+    }
+    dead = f"127.0.0.1:{free_loopback_port()}"
+    with nginx_front.NginxFront(tmp_path, [dead], free_loopback_port()) as front:
+        options = [("grpc.service_config", json.dumps(retry))]
+        async with grpc.aio.insecure_channel(front.address, options=options) as channel:
+            call = pb_grpc.EmbedServiceStub(channel).Embed(pb.EmbedRequest(texts=["x"]), timeout=10)
+            with pytest.raises(grpc.aio.AioRpcError) as lost:
+                await call
+            assert lost.value.code() == grpc.StatusCode.UNAVAILABLE
+            assert lost.value.details() == "no replica answered; retry"
+    # Each attempt of the client's retry policy reached nginx, which tried the replica once per attempt.
+    errors = (tmp_path / "error.log").read_text()
+    assert errors.count("connect() failed") == 3, errors
