@@ -75,9 +75,21 @@ def test_compose_file_matches_the_compose_schema() -> None:
     _run(BIN / "check-jsonschema", "--builtin-schema", "vendor.compose-spec", compose)
     services = yaml.safe_load(compose.read_text())["services"]
     assert {"rag-grpc", "milvus", "redis", "prometheus", "grafana", "vllm", "nginx"} <= set(services)
-    # Keys come from a secret, not from the file.
-    assert "RAG_GRPC_API_KEYS" not in services["rag-grpc"]["environment"]
-    assert services["rag-grpc"]["secrets"] == ["rag_grpc_api_keys"]
+    # Keys come from secrets, not from the file.
+    server = services["rag-grpc"]
+    environment = server["environment"]
+    assert not {"RAG_GRPC_API_KEYS", "RAG_GRPC_GENERATOR_API_KEY"} & set(environment)
+    assert set(server["secrets"]) == {"rag_grpc_api_keys", "generator_api_key"}
+    assert "/run/secrets/generator_api_key" in " ".join(server["entrypoint"])
+    # rag-grpc generates on the Compose file's vLLM workers, which share its key.
+    assert environment["RAG_GRPC_GENERATOR_BACKEND"] == "remote"
+    for url in environment["RAG_GRPC_GENERATOR_ENDPOINTS"].split(","):
+        scheme, host, port = url.split("/v1")[0].replace("//", "").split(":")
+        worker = services[host]
+        assert "generator_api_key" in worker["secrets"] and worker["healthcheck"]
+        assert f"--port {port}" in " ".join(worker["command"]) and scheme in ("http", "grpc")
+        assert environment["RAG_GRPC_GENERATOR_SERVED_MODEL"] in worker["command"]
+        assert server["depends_on"][host]["condition"] == "service_healthy"
 
 
 def test_nginx_accepts_its_config(tmp_path: Path) -> None:
