@@ -21,7 +21,7 @@ from tests.conftest import free_loopback_port
 
 DEPLOY = Path(__file__).parents[2] / "deploy"
 BIN = Path(sys.executable).parent
-OVERLAYS = ["cpu", "gpu"]
+OVERLAYS = ["cpu", "gpu", "remote"]
 
 
 def _run(*command: str | Path, stdin: str | None = None) -> str:
@@ -64,6 +64,13 @@ def test_drain_fits_the_termination_grace_period(overlay: str) -> None:
     )
     if overlay == "gpu":
         assert container["resources"]["limits"]["nvidia.com/gpu"] == "1" and pod["nodeSelector"]
+    if overlay == "remote":
+        data = settings["data"]  # type: ignore[index]
+        assert data["RAG_GRPC_GENERATOR_BACKEND"] == "remote" and data["RAG_GRPC_GENERATOR_ENDPOINTS"]
+        # The workers' key is a Secret reference, never a ConfigMap value.
+        assert "RAG_GRPC_GENERATOR_API_KEY" not in data
+        (key,) = (e for e in container["env"] if e["name"] == "RAG_GRPC_GENERATOR_API_KEY")
+        assert key["valueFrom"]["secretKeyRef"]["name"] == "rag-grpc-generator"
 
 
 def test_every_yaml_file_passes_yamllint() -> None:
