@@ -72,8 +72,8 @@ async def _retrieve_qps(target: str, queries: np.ndarray, clients: int, duration
     summary = result.summary()
     return {
         "per_s": summary["requests_per_s"],
-        "p50_ms": result.latency_p50_s() * 1000,
-        "p99_ms": result.latency_p99_s() * 1000,
+        "p50_ms": result.latency_p50_s * 1000,
+        "p99_ms": result.latency_p99_s * 1000,
         "non_ok": summary["non_ok"],
     }
 
@@ -87,7 +87,7 @@ async def _info_p50_ms(target: str, calls: int) -> dict[str, Any]:
             return Sample(items=1)
 
         result = await run_load(call, 1, 60.0, max_requests=calls, warmup_s=0.5)
-    return {"p50_ms": result.latency_p50_s() * 1000, "non_ok": result.summary()["non_ok"]}
+    return {"p50_ms": result.latency_p50_s * 1000, "non_ok": result.summary()["non_ok"]}
 
 
 async def bench_scale_out(

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import signal
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -127,13 +129,30 @@ async def serve(settings: Settings) -> None:
             # A second signal skips the grace period.
             for sig in (signal.SIGTERM, signal.SIGINT):
                 loop.add_signal_handler(sig, lambda: asyncio.ensure_future(server.stop(0)))
-            await server.stop(settings.server.shutdown_grace_s)
+            await server.drain(settings.server.shutdown_grace_s)
+            await server.stop_metrics()
     finally:
         if limiter is not None:
             await limiter.aclose()
         if tracing is not None:
             # Exports the spans still buffered (a blocking call: the server is already down).
             await asyncio.to_thread(tracing.shutdown)
-    # Leaving open_engines shut the engines (and the cache) down, after the server stopped taking calls;
-    # a durable vector store writes its final snapshot there.
+    # Leaving open_engines shut the engines (and the cache) down once no call was running any more (new
+    # ones get UNAVAILABLE); a durable vector store writes its final snapshot there.
     log.info("shutdown_complete")
+    exit_without_grpc_shutdown()
+
+
+def exit_without_grpc_shutdown() -> None:
+    """Ends the process with its sockets still open, so the kernel closes them, after the drain.
+
+    grpc's own shutdown would answer CANCELLED to the calls that reached the server but were not yet
+    handed to the application and to those arriving until the peer reads its GOAWAY, and neither a
+    client's retry policy nor nginx may retry CANCELLED. A proxy without health checks (nginx) keeps
+    sending to a draining replica until then. Closed sockets instead fail those calls as a lost
+    connection, which nginx answers 502 and gRPC clients see as UNAVAILABLE: retried elsewhere. No
+    call of the application is cut: all had ended (or the grace had) when the drain returned."""
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)

@@ -123,10 +123,10 @@ class RagServer:
     def metrics_port(self) -> int:
         return self._metrics_http.port if self._metrics_http is not None else 0
 
-    async def stop(self, grace: float | None) -> None:
-        """Drains, then stops. Health goes NOT_SERVING first so balancers stop sending; after
-        _HEALTH_PROPAGATION_S new API calls get UNAVAILABLE, while those in flight get what is left of
-        `grace` seconds to finish; the rest are cancelled."""
+    async def drain(self, grace: float | None) -> None:
+        """Health goes NOT_SERVING first so balancers stop sending; after _HEALTH_PROPAGATION_S new API
+        calls get UNAVAILABLE, while those in flight get what is left of `grace` seconds to finish.
+        The server keeps its port and connections: see stop() and app.serve for how it then ends."""
         await self._health_monitor.stop()
         await self.health.enter_graceful_shutdown()
         loop = asyncio.get_running_loop()
@@ -142,13 +142,25 @@ class RagServer:
                 await asyncio.wait_for(self._drain.wait_idle(), max(0.0, deadline - loop.time()))
             except TimeoutError:
                 log.warning("drain_grace_expired", cancelled_calls=self._drain.in_flight)
-        # What is left of the grace lets calls that arrived meanwhile get their UNAVAILABLE (which clients
-        # retry elsewhere) instead of being cancelled in transit; it ends as soon as they have it.
+
+    async def stop(self, grace: float | None) -> None:
+        """drain(), then grpc's own shutdown with what is left of `grace`; the rest are cancelled.
+
+        grpc's shutdown answers CANCELLED (which no client or proxy may retry) to every call that reached
+        the server but was not yet handed to the application, and to calls arriving until the peer reads
+        its GOAWAY: harmless in process, where nobody calls any more. `rag-grpc serve` ends differently
+        (app.serve)."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + (grace or 0)
+        await self.drain(grace)
         await self._server.stop(max(0.0, deadline - loop.time()))
+        await self.stop_metrics()
+        log.info("server_stopped")
+
+    async def stop_metrics(self) -> None:
         if self._metrics_http is not None:
             # shutdown() waits for the serving thread's poll loop (up to half a second): not on the event loop.
             await asyncio.to_thread(self._metrics_http.stop)
-        log.info("server_stopped")
 
     async def wait_for_termination(self) -> None:
         await self._server.wait_for_termination()
