@@ -381,7 +381,14 @@ def _vllm_rows(results: dict[str, Any]) -> list[Row]:
                     f"(a): {base['tokens_per_s']:.1f} tok/s, TTFT {base['ttft_p50_ms']:.0f} ms",
                     f"{_ratio(row['tokens_per_s'], base['tokens_per_s']):.2f}{target}",
                     _codes(row["non_ok"]),
-                    "greedy, min_tokens = max_tokens; vLLM float32, compiled, 1 GiB KV cache; " + CACHES_OFF,
+                    "greedy, min_tokens = max_tokens; "
+                    + (
+                        "float32, 16-row batch"
+                        if key == "rag_grpc_transformers"
+                        else "vLLM float32, compiled, 1 GiB KV cache"
+                    )
+                    + "; "
+                    + CACHES_OFF,
                 )
             )
     return rows
