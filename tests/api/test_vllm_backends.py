@@ -253,7 +253,7 @@ async def test_losing_a_worker_mid_answer_fails_only_its_stream_and_it_is_probed
 
         worker_a.launch()
         await asyncio.to_thread(worker_a.wait_ready)
-        await until(lambda: _healthy(pool, worker_a.url), 5.0, "the restarted worker back in the pool")
+        await until(lambda: _healthy(pool, worker_a.url), 10.0, "the restarted worker back in the pool")
         await until(
             lambda: _equals(
                 health_of(only_a, "rag_grpc.v1.GenerateService"), health_pb2.HealthCheckResponse.SERVING

@@ -61,11 +61,11 @@ class MisbehavingVllm(pb_grpc.VllmEngineServicer):  # type: ignore[misc]
                 yield pb.GenerateResponse(complete=pb.GenerateComplete(finish_reason="stop"))
 
 
-async def start_grpc_worker(mode: str) -> tuple[grpc.aio.Server, str, MisbehavingVllm]:
+async def start_grpc_worker(mode: str, port: int = 0) -> tuple[grpc.aio.Server, str, MisbehavingVllm]:
     server = grpc.aio.server()
     servicer = MisbehavingVllm(mode)
     pb_grpc.add_VllmEngineServicer_to_server(servicer, server)
-    port = server.add_insecure_port("127.0.0.1:0")
+    port = server.add_insecure_port(f"127.0.0.1:{port}")
     await server.start()
     return server, f"grpc://127.0.0.1:{port}", servicer
 

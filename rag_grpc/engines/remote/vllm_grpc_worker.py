@@ -44,6 +44,12 @@ class VllmGrpcWorker:
             url.removeprefix("grpc://"),
             options=[
                 ("grpc.keepalive_time_ms", 30_000),
+                # gRPC's reconnect backoff grows to 120 s while a worker is away (past 15 s within the half
+                # minute a vLLM restart takes), and probes fail fast meanwhile; capped at 2 s, a restarted
+                # worker rejoins the pool within seconds of being back.
+                ("grpc.initial_reconnect_backoff_ms", 200),
+                ("grpc.min_reconnect_backoff_ms", 200),
+                ("grpc.max_reconnect_backoff_ms", 2_000),
                 ("grpc.max_receive_message_length", 64 * 1024 * 1024),
             ],
         )

@@ -172,6 +172,26 @@ async def test_a_probe_brings_an_ejected_endpoint_back(workers: Any, generator_m
         assert status[bad_url].requests > requests_before
 
 
+async def test_a_worker_back_after_half_a_minute_rejoins_within_seconds(generator_model_dir: Path) -> None:
+    """gRPC's default reconnect backoff grows past 15 s within half a minute of a worker's absence (a vLLM
+    worker's restart takes that long); the pool's channels cap it at 2 s."""
+    server, url, _ = await start_grpc_worker("ok")
+    port = int(url.rsplit(":", 1)[1])
+    async with RemoteGenerator(
+        [url], generator_model_dir, eject_after_failures=1, probe_interval_s=0.1
+    ) as generator:
+        status = generator.endpoints[0]
+        await server.stop(None)
+        await _until(lambda: not status.healthy, 3.0)
+        await asyncio.sleep(30.0)
+        server, _, _ = await start_grpc_worker("ok", port)
+        try:
+            await _until(lambda: status.healthy, 3.0)
+            assert (await answer(generator))[-1].finish_reason is FinishReason.STOP
+        finally:
+            await server.stop(None)
+
+
 async def test_an_unreachable_endpoint_at_start_is_named_not_waited_for(
     workers: Any, generator_model_dir: Path
 ) -> None:
