@@ -280,6 +280,7 @@ class MetricsHttpServer:
         self._registry, self._host, self._port = registry, host, port
         self._server: WSGIServer | None = None
         self._thread: threading.Thread | None = None
+        self._stopping = threading.Lock()
 
     @property
     def port(self) -> int:
@@ -289,9 +290,12 @@ class MetricsHttpServer:
         self._server, self._thread = start_http_server(self._port, self._host, self._registry)
 
     def stop(self) -> None:
-        if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()
-        if self._thread is not None:
-            self._thread.join(timeout=5)
-        self._server = self._thread = None
+        # Called from worker threads, possibly twice at once (a second SIGTERM stops the server while the
+        # drain is stopping it): whoever takes the server stops it.
+        with self._stopping:
+            server, thread, self._server, self._thread = self._server, self._thread, None, None
+        if server is not None:
+            server.shutdown()
+            server.server_close()
+        if thread is not None:
+            thread.join(timeout=5)

@@ -87,10 +87,10 @@ class MilvusVectorStore:
             uri=self._uri,
             token=self._token,
             timeout=self._timeout_s,
-            # pymilvus pings every 10 s even while idle; a server with gRPC's default ping policy (5 min,
-            # as milvus-lite's) answers GOAWAY "too many pings" and the next call fails. Idle connections
-            # need no pings: gRPC reconnects on the next call.
-            grpc_options={"grpc.keepalive_permit_without_calls": False},
+            # pymilvus pings every 10 s; a server with gRPC's default ping policy (at most one ping per
+            # 5 min without data, as milvus-lite's) answers GOAWAY "too many pings" during a long insert or
+            # while idle, and the call fails. Pings at 5.5 min suit both it and Milvus proper.
+            grpc_options={"grpc.keepalive_time_ms": 330_000, "grpc.keepalive_permit_without_calls": False},
         )
         await self._run(self._ensure_collection)
         await self._refresh()
