@@ -218,6 +218,8 @@ class FinalEvent:
     model: str
     # True when the answer was replayed from the cache; timings are then those of the replay.
     cached: bool = False
+    # Why the router chose `model` for a request that asked for "auto"; empty when the request named it.
+    route: str = ""
 
 
 GenerateEvent = SourcesEvent | DeltaEvent | FinalEvent

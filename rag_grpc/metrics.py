@@ -205,6 +205,19 @@ class ServiceMetrics:
             buckets=TOKENS_BUCKETS,
             registry=registry,
         )
+        self.abstained = Counter(
+            "rag_generate_abstained",
+            "Grounded Generate calls the service answered itself because no retrieved document mentions the "
+            "question's subject (grounding_check).",
+            registry=registry,
+        )
+        self.routes = Counter(
+            "rag_route",
+            "Generate calls that asked for model 'auto', by the generator the router chose and why: easy, "
+            "ambiguous_sources, weak_sources, open_question.",
+            ("model", "reason"),
+            registry=registry,
+        )
         self.finished = Counter(
             "rag_generate_finished_total",
             "Generate calls by how they ended: stop, length, cancelled (by the server), abort (the caller "

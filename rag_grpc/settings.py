@@ -8,6 +8,7 @@ Settings come in groups, one model each, and a component is given the group it n
 |                       |                         | the health service's check interval                            |
 | `engines`             | `EngineSettings`        | embedder, vector store and generator: backends, models,        |
 |                       |                         | devices, and the micro-batchers in front of them               |
+| `routing`             | `RoutingSettings`       | model selection for requests that say `model: "auto"`          |
 | `limits`              | `LimitSettings`         | everything that bounds a call: request limits, deadline        |
 |                       |                         | ceiling, streaming buffers and stall timeout, admission of     |
 |                       |                         | generations (and its deprecated aliases), rate limits          |
@@ -30,7 +31,7 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any, Literal, Self, cast
 
-from pydantic import BaseModel, Field, SecretStr, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 from pydantic.fields import FieldInfo
 from pydantic_settings import (
     BaseSettings,
@@ -40,6 +41,10 @@ from pydantic_settings import (
 )
 
 Device = Literal["auto", "cpu", "cuda"]
+# The engines a generator can run on (generator_backend adds "none": no generator at all).
+GeneratorBackend = Literal["transformers", "vllm", "remote"]
+# GenerateRequest.model that asks the router to choose (RoutingSettings).
+AUTO_MODEL = "auto"
 
 
 class RateLimitRule(BaseModel):
@@ -82,6 +87,31 @@ class ServerSettings(BaseModel):
         return f"{self.host}:{self.port}"
 
 
+class GeneratorSpec(BaseModel):
+    """One of several generators in one server (the `generators` setting). Its other settings (device,
+    vLLM's, the remote pool's) are the flat generator_* / vllm_* / remote_* ones."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(
+        min_length=1,
+        max_length=128,
+        pattern=r"^[A-Za-z0-9][A-Za-z0-9._:/-]*$",
+        description="What GenerateRequest.model names to choose this generator; also its metrics label.",
+    )
+    backend: GeneratorBackend = Field(description="As generator_backend.")
+    model: str = Field("bundled:SmolLM2-135M-Instruct", description="As generator_model.")
+    endpoints: tuple[str, ...] = Field((), description="As generator_endpoints (backend remote).")
+    default: bool = Field(False, description="Requests that name no model go here (else to the first).")
+
+    @field_validator("name")
+    @classmethod
+    def _not_reserved(cls, name: str) -> str:
+        if name == AUTO_MODEL:
+            raise ValueError(f"generators: the name {AUTO_MODEL!r} is reserved for routing")
+        return name
+
+
 class EngineSettings(BaseModel):
     embedder_backend: Literal["sentence-transformers"] = Field(
         "sentence-transformers", description="Embedding engine."
@@ -118,7 +148,7 @@ class EngineSettings(BaseModel):
         description="Redis holding the index version for vector_store_backend=milvus, read by every replica "
         "before a cached lookup and raised after each write; unset counts in this process (one replica only).",
     )
-    generator_backend: Literal["transformers", "vllm", "remote", "none"] = Field(
+    generator_backend: Literal[GeneratorBackend, "none"] = Field(
         "transformers",
         description="Generation engine: in-process transformers, in-process vLLM AsyncLLM, remote workers "
         "(generator_endpoints), or none (no model is loaded and Generate answers FAILED_PRECONDITION; for "
@@ -196,6 +226,33 @@ class EngineSettings(BaseModel):
         description="Endpoints one Generate may try; a retry happens only before the first token was sent.",
     )
 
+    generators: tuple[GeneratorSpec, ...] = Field(
+        (),
+        description="Several generators in one server, as a JSON list of {name, backend, model, endpoints, "
+        "default}; GenerateRequest.model chooses by name. Empty: the one generator of generator_backend and "
+        "generator_model, named after its model.",
+    )
+
+    @field_validator("generators", mode="before")
+    @classmethod
+    def _parse_generators(cls, value: object) -> object:
+        # The environment and the CLI hand over JSON text.
+        if isinstance(value, str):
+            return json.loads(value) if value.strip() else ()
+        return value
+
+    @model_validator(mode="after")
+    def _generators_are_distinct(self) -> EngineSettings:
+        names = [spec.name for spec in self.generators]
+        if len(set(names)) != len(names):
+            raise ValueError(f"generators: names must be unique, got {names}")
+        if sum(spec.default for spec in self.generators) > 1:
+            raise ValueError("generators: at most one may be the default")
+        for spec in self.generators:
+            if spec.backend == "remote" and not spec.endpoints:
+                raise ValueError(f"generators: {spec.name!r} has backend remote and needs endpoints")
+        return self
+
     @field_validator("generator_endpoints", mode="before")
     @classmethod
     def _split_endpoints(cls, value: object) -> object:
@@ -240,6 +297,39 @@ class EngineSettings(BaseModel):
     )
 
 
+class RoutingSettings(BaseModel):
+    """Model selection for `GenerateRequest.model = "auto"` (rag_grpc/service/routing.py)."""
+
+    route_small_model: str | None = Field(
+        None, description="Generator (by name) for requests the router finds easy; unset: no routing."
+    )
+    route_big_model: str | None = Field(
+        None, description="Generator (by name) for requests the router finds hard."
+    )
+    route_threshold: float = Field(
+        0.5,
+        ge=0,
+        le=1,
+        description="Difficulty above which a request goes to route_big_model (0: all of them, 1: none). "
+        "bench/qa calibrates it to a target share of big-model calls (README, 'Model selection').",
+    )
+    route_unnamed: bool = Field(
+        False, description="Route requests that name no model as if they said 'auto'."
+    )
+
+    @model_validator(mode="after")
+    def _both_or_neither(self) -> RoutingSettings:
+        if (self.route_small_model is None) != (self.route_big_model is None):
+            raise ValueError("route_small_model and route_big_model are set together")
+        if self.route_unnamed and self.route_small_model is None:
+            raise ValueError("route_unnamed needs route_small_model and route_big_model")
+        return self
+
+    @property
+    def enabled(self) -> bool:
+        return self.route_small_model is not None
+
+
 class LimitSettings(BaseModel):
     # --- request limits (violations answer INVALID_ARGUMENT naming the field)
     max_batch_texts: int = Field(256, ge=1, description="Most texts in one Embed call.")
@@ -263,6 +353,22 @@ class LimitSettings(BaseModel):
         ge=100,
         description="Most characters of retrieved text put into a grounded prompt; later documents are cut. "
         "Prefill time grows with it, and prefill is one step that cancellation cannot interrupt.",
+    )
+    grounding_check: bool = Field(
+        True,
+        description="Ground answers only on retrieved documents that mention the most of the question's names, "
+        "codes and numbers; when none mentions any, answer that the documents do not say, without the model "
+        "(rag_grpc/service/grounding.py). Off: the best documents, whatever they mention.",
+    )
+    grounding_max_sources: int = Field(
+        3,
+        ge=1,
+        description="Most retrieved documents put into a grounded prompt (Sources still lists all hits).",
+    )
+    grounding_relative_floor: float = Field(
+        0.1,
+        ge=0,
+        description="Documents scoring more than this below the best hit are left out of a grounded prompt.",
     )
     max_messages: int = Field(64, ge=1, description="Most chat messages in one Generate.")
 
@@ -514,6 +620,7 @@ class Settings(BaseSettings):
     # `Field(default, ...)` fields for required constructor arguments.
     server: ServerSettings = Field(default_factory=lambda: ServerSettings.model_validate({}))
     engines: EngineSettings = Field(default_factory=lambda: EngineSettings.model_validate({}))
+    routing: RoutingSettings = Field(default_factory=lambda: RoutingSettings.model_validate({}))
     limits: LimitSettings = Field(default_factory=lambda: LimitSettings.model_validate({}))
     cache: CacheSettings = Field(default_factory=lambda: CacheSettings.model_validate({}))
     security: SecuritySettings = Field(default_factory=lambda: SecuritySettings.model_validate({}))

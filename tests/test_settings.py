@@ -14,7 +14,7 @@ from pydantic import SecretStr, ValidationError
 from pydantic.fields import FieldInfo
 
 from rag_grpc import cli
-from rag_grpc.settings import RateLimitRule, ServerSettings, Settings, setting_fields
+from rag_grpc.settings import GeneratorSpec, RateLimitRule, ServerSettings, Settings, setting_fields
 
 # Settings whose values the annotation alone cannot choose: validated text, JSON, and the deprecated
 # aliases, which must equal their targets (all four are set together here).
@@ -33,6 +33,13 @@ SAMPLES: dict[str, tuple[str, Any]] = {
     "generator_endpoints": (
         "grpc://127.0.0.1:7001, http://127.0.0.1:7002/v1",
         ("grpc://127.0.0.1:7001", "http://127.0.0.1:7002/v1"),
+    ),
+    "generators": (
+        '[{"name": "small", "backend": "transformers"}, {"name": "big", "backend": "vllm", "default": true}]',
+        (
+            GeneratorSpec(name="small", backend="transformers"),
+            GeneratorSpec(name="big", backend="vllm", default=True),
+        ),
     ),
 }
 

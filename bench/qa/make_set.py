@@ -23,43 +23,223 @@ GENERAL_PER_FAMILY = 33
 
 # Pairs of near-identical names: each pair shares a family and differs in its fact.
 NAME_PAIRS = [
-    ("Zephyr", "Zephyrus"), ("Orion", "Orionis"), ("Kestrel", "Kestral"), ("Marlin", "Merlin"),
-    ("Halcyon", "Halcyone"), ("Basalt", "Basilt"), ("Cobalt", "Cobolt"), ("Juniper", "Juniperus"),
-    ("Tamarind", "Tamarisk"), ("Vesper", "Vespera"), ("Quill", "Quillon"), ("Saffron", "Saffran"),
-    ("Nimbus", "Nimbo"), ("Obsidian", "Obsidia"), ("Pelican", "Pelikan"), ("Rowan", "Rowen"),
-    ("Sable", "Sablon"), ("Tundra", "Tundro"), ("Umber", "Umbra"), ("Vireo", "Vireon"),
-    ("Wren", "Wrenna"), ("Yarrow", "Yarrowby"), ("Alder", "Aldergrove"), ("Bramble", "Brambling"),
-    ("Cinder", "Cinderby"), ("Dune", "Dunmore"), ("Ember", "Emberly"), ("Fennel", "Fenwick"),
-    ("Garnet", "Garnett"), ("Heron", "Herondale"), ("Indigo", "Indiga"), ("Jasper", "Jaspar"),
-    ("Kelp", "Kelpie"), ("Lumen", "Lumina"), ("Mistral", "Mistrale"), ("Nova", "Novalis"),
-    ("Onyx", "Onyxia"), ("Pumice", "Pumicea"), ("Quartz", "Quartzite"), ("Raven", "Ravenna"),
-    ("Solstice", "Solsticia"), ("Thistle", "Thistledown"), ("Ultra", "Ultima"), ("Velvet", "Velveta"),
-    ("Willow", "Willowby"), ("Xenon", "Xenia"), ("Yonder", "Yondera"), ("Zinnia", "Zinnober"),
-    ("Aurora", "Aurelia"), ("Borealis", "Boreas"),
+    ("Zephyr", "Zephyrus"),
+    ("Orion", "Orionis"),
+    ("Kestrel", "Kestral"),
+    ("Marlin", "Merlin"),
+    ("Halcyon", "Halcyone"),
+    ("Basalt", "Basilt"),
+    ("Cobalt", "Cobolt"),
+    ("Juniper", "Juniperus"),
+    ("Tamarind", "Tamarisk"),
+    ("Vesper", "Vespera"),
+    ("Quill", "Quillon"),
+    ("Saffron", "Saffran"),
+    ("Nimbus", "Nimbo"),
+    ("Obsidian", "Obsidia"),
+    ("Pelican", "Pelikan"),
+    ("Rowan", "Rowen"),
+    ("Sable", "Sablon"),
+    ("Tundra", "Tundro"),
+    ("Umber", "Umbra"),
+    ("Vireo", "Vireon"),
+    ("Wren", "Wrenna"),
+    ("Yarrow", "Yarrowby"),
+    ("Alder", "Aldergrove"),
+    ("Bramble", "Brambling"),
+    ("Cinder", "Cinderby"),
+    ("Dune", "Dunmore"),
+    ("Ember", "Emberly"),
+    ("Fennel", "Fenwick"),
+    ("Garnet", "Garnett"),
+    ("Heron", "Herondale"),
+    ("Indigo", "Indiga"),
+    ("Jasper", "Jaspar"),
+    ("Kelp", "Kelpie"),
+    ("Lumen", "Lumina"),
+    ("Mistral", "Mistrale"),
+    ("Nova", "Novalis"),
+    ("Onyx", "Onyxia"),
+    ("Pumice", "Pumicea"),
+    ("Quartz", "Quartzite"),
+    ("Raven", "Ravenna"),
+    ("Solstice", "Solsticia"),
+    ("Thistle", "Thistledown"),
+    ("Ultra", "Ultima"),
+    ("Velvet", "Velveta"),
+    ("Willow", "Willowby"),
+    ("Xenon", "Xenia"),
+    ("Yonder", "Yondera"),
+    ("Zinnia", "Zinnober"),
+    ("Aurora", "Aurelia"),
+    ("Borealis", "Boreas"),
 ]
 # Names that never appear in the corpus: the subjects of unanswerable questions.
 ABSENT_NAMES = [
-    "Calypso", "Draco", "Elysium", "Falcon", "Gossamer", "Hyperion", "Icarus", "Jubilee", "Kraken",
-    "Lotus", "Meridian", "Nebula", "Odyssey", "Phoenix", "Quasar", "Radiant", "Sirocco", "Titan",
-    "Utopia", "Valkyrie", "Whisper", "Xanadu", "Yeti", "Zodiac", "Atlas", "Beacon", "Cascade",
-    "Delta", "Echo", "Fjord", "Glacier", "Harbor", "Ivory", "Jade", "Karma", "Lagoon", "Monsoon",
-    "Nectar", "Oasis", "Prism", "Quest", "Ripple", "Summit", "Tempest", "Umbrella", "Vortex",
-    "Wildfire", "Xylo", "Yucca", "Zenith",
+    "Calypso",
+    "Draco",
+    "Elysium",
+    "Falcon",
+    "Gossamer",
+    "Hyperion",
+    "Icarus",
+    "Jubilee",
+    "Kraken",
+    "Lotus",
+    "Meridian",
+    "Nebula",
+    "Odyssey",
+    "Phoenix",
+    "Quasar",
+    "Radiant",
+    "Sirocco",
+    "Titan",
+    "Utopia",
+    "Valkyrie",
+    "Whisper",
+    "Xanadu",
+    "Yeti",
+    "Zodiac",
+    "Atlas",
+    "Beacon",
+    "Cascade",
+    "Delta",
+    "Echo",
+    "Fjord",
+    "Glacier",
+    "Harbor",
+    "Ivory",
+    "Jade",
+    "Karma",
+    "Lagoon",
+    "Monsoon",
+    "Nectar",
+    "Oasis",
+    "Prism",
+    "Quest",
+    "Ripple",
+    "Summit",
+    "Tempest",
+    "Umbrella",
+    "Vortex",
+    "Wildfire",
+    "Xylo",
+    "Yucca",
+    "Zenith",
 ]
-CITIES = ["Oslo", "Lisbon", "Tallinn", "Porto", "Ghent", "Bergen", "Turku", "Graz", "Split", "Riga",
-          "Leipzig", "Bilbao", "Krakow", "Aarhus", "Cork", "Malmo", "Lyon", "Brno", "Tromso", "Nantes"]
-ISLANDS = ["Skye", "Gotland", "Madeira", "Hvar", "Saaremaa", "Corfu", "Bornholm", "Texel", "Ischia",
-           "Lewis", "Malta", "Rhodes", "Gozo", "Jersey", "Sylt", "Capri", "Elba", "Arran", "Aland", "Mull"]
-PEOPLE = ["Ingrid Halvorsen", "Tomas Vrba", "Amara Okafor", "Lena Moreau", "Kenji Aoki", "Priya Raman",
-          "Mateo Silva", "Freya Lund", "Omar Haddad", "Zofia Nowak", "Elias Berg", "Nadia Petrova",
-          "Hugo Laurent", "Sara Lindqvist", "Diego Ortega", "Maya Cohen", "Anton Keller", "Ines Duarte",
-          "Viktor Sand", "Leila Farah", "Rafael Costa", "Hanna Virtanen", "Jonas Weber", "Alma Kovac",
-          "Noah Brandt", "Clara Rossi", "Ivan Horvat", "Mina Park", "Felix Novak", "Greta Olsen"]
-ANIMALS = ["otter", "lynx", "heron", "badger", "ibex", "walrus", "marten", "puffin", "bison", "gecko",
-           "tapir", "osprey", "jackal", "narwhal", "ocelot", "stoat", "pangolin", "kiwi", "yak", "wombat"]
+CITIES = [
+    "Oslo",
+    "Lisbon",
+    "Tallinn",
+    "Porto",
+    "Ghent",
+    "Bergen",
+    "Turku",
+    "Graz",
+    "Split",
+    "Riga",
+    "Leipzig",
+    "Bilbao",
+    "Krakow",
+    "Aarhus",
+    "Cork",
+    "Malmo",
+    "Lyon",
+    "Brno",
+    "Tromso",
+    "Nantes",
+]
+ISLANDS = [
+    "Skye",
+    "Gotland",
+    "Madeira",
+    "Hvar",
+    "Saaremaa",
+    "Corfu",
+    "Bornholm",
+    "Texel",
+    "Ischia",
+    "Lewis",
+    "Malta",
+    "Rhodes",
+    "Gozo",
+    "Jersey",
+    "Sylt",
+    "Capri",
+    "Elba",
+    "Arran",
+    "Aland",
+    "Mull",
+]
+PEOPLE = [
+    "Ingrid Halvorsen",
+    "Tomas Vrba",
+    "Amara Okafor",
+    "Lena Moreau",
+    "Kenji Aoki",
+    "Priya Raman",
+    "Mateo Silva",
+    "Freya Lund",
+    "Omar Haddad",
+    "Zofia Nowak",
+    "Elias Berg",
+    "Nadia Petrova",
+    "Hugo Laurent",
+    "Sara Lindqvist",
+    "Diego Ortega",
+    "Maya Cohen",
+    "Anton Keller",
+    "Ines Duarte",
+    "Viktor Sand",
+    "Leila Farah",
+    "Rafael Costa",
+    "Hanna Virtanen",
+    "Jonas Weber",
+    "Alma Kovac",
+    "Noah Brandt",
+    "Clara Rossi",
+    "Ivan Horvat",
+    "Mina Park",
+    "Felix Novak",
+    "Greta Olsen",
+]
+ANIMALS = [
+    "otter",
+    "lynx",
+    "heron",
+    "badger",
+    "ibex",
+    "walrus",
+    "marten",
+    "puffin",
+    "bison",
+    "gecko",
+    "tapir",
+    "osprey",
+    "jackal",
+    "narwhal",
+    "ocelot",
+    "stoat",
+    "pangolin",
+    "kiwi",
+    "yak",
+    "wombat",
+]
 COLOURS = ["crimson", "teal", "amber", "violet", "silver", "emerald", "ochre", "cobalt", "scarlet", "ivory"]
-MONTHS = ["January", "February", "March", "April", "May", "June", "July", "August", "September",
-          "October", "November", "December"]
+MONTHS = [
+    "January",
+    "February",
+    "March",
+    "April",
+    "May",
+    "June",
+    "July",
+    "August",
+    "September",
+    "October",
+    "November",
+    "December",
+]
 
 
 @dataclass(frozen=True)
@@ -77,53 +257,77 @@ class Family:
 
 FAMILIES = [
     Family(
-        "project_code", "project", lambda r: str(r.randint(1000, 9999)),
+        "project_code",
+        "project",
+        lambda r: str(r.randint(1000, 9999)),
         "The secret access code of the {name} project is {value}.",
         "What is the secret access code of the {name} project?",
-        ("The {name} project started as a side effort of the platform team.",
-         "Its code is rotated only when a member leaves the team.",
-         "Requests to join the {name} project go through the security office."),
+        (
+            "The {name} project started as a side effort of the platform team.",
+            "Its code is rotated only when a member leaves the team.",
+            "Requests to join the {name} project go through the security office.",
+        ),
     ),
     Family(
-        "cluster_nodes", "cluster", lambda r: str(r.choice(range(16, 1024, 8))),
+        "cluster_nodes",
+        "cluster",
+        lambda r: str(r.choice(range(16, 1024, 8))),
         "The {name} compute cluster in {extra} has {value} nodes.",
         "How many nodes does the {name} compute cluster have?",
-        ("The {name} cluster runs batch jobs overnight and interactive work by day.",
-         "Its operators publish a maintenance calendar every quarter.",
-         "Access to the {name} cluster requires a signed usage agreement."),
+        (
+            "The {name} cluster runs batch jobs overnight and interactive work by day.",
+            "Its operators publish a maintenance calendar every quarter.",
+            "Access to the {name} cluster requires a signed usage agreement.",
+        ),
         extra=lambda r: r.choice(CITIES),
     ),
     Family(
-        "lighthouse_island", "lighthouse", lambda r: r.choice(ISLANDS),
+        "lighthouse_island",
+        "lighthouse",
+        lambda r: r.choice(ISLANDS),
         "The {name} lighthouse stands on the island of {value}.",
         "On which island does the {name} lighthouse stand?",
-        ("The {name} lighthouse was automated after its last keeper retired.",
-         "Its light can be seen from more than twenty nautical miles away.",
-         "Visitors may climb the tower of the {name} lighthouse in summer."),
+        (
+            "The {name} lighthouse was automated after its last keeper retired.",
+            "Its light can be seen from more than twenty nautical miles away.",
+            "Visitors may climb the tower of the {name} lighthouse in summer.",
+        ),
     ),
     Family(
-        "lab_director", "laboratory", lambda r: r.choice(PEOPLE),
+        "lab_director",
+        "laboratory",
+        lambda r: r.choice(PEOPLE),
         "The director of the {name} laboratory is {value}.",
         "Who is the director of the {name} laboratory?",
-        ("The {name} laboratory studies materials for long-lived batteries.",
-         "It employs researchers from several countries and hosts a yearly open day.",
-         "The {name} laboratory publishes its results in open-access journals."),
+        (
+            "The {name} laboratory studies materials for long-lived batteries.",
+            "It employs researchers from several countries and hosts a yearly open day.",
+            "The {name} laboratory publishes its results in open-access journals.",
+        ),
     ),
     Family(
-        "festival_date", "festival", lambda r: f"{r.choice(MONTHS)} {r.randint(1, 28)}",
+        "festival_date",
+        "festival",
+        lambda r: f"{r.choice(MONTHS)} {r.randint(1, 28)}",
         "The {name} festival is held every year on {value}.",
         "On what date is the {name} festival held every year?",
-        ("The {name} festival features music, street food and a lantern parade.",
-         "Its organisers are volunteers from the old town.",
-         "Tickets for the {name} festival are free for children."),
+        (
+            "The {name} festival features music, street food and a lantern parade.",
+            "Its organisers are volunteers from the old town.",
+            "Tickets for the {name} festival are free for children.",
+        ),
     ),
     Family(
-        "team_mascot", "rowing club", lambda r: r.choice(ANIMALS),
+        "team_mascot",
+        "rowing club",
+        lambda r: r.choice(ANIMALS),
         "The mascot of the {name} rowing club is a {extra} {value}.",
         "What animal is the mascot of the {name} rowing club?",
-        ("The {name} rowing club trains on the river every morning at dawn.",
-         "Its boats are painted in the club's colours.",
-         "The {name} rowing club won its first regatta decades ago."),
+        (
+            "The {name} rowing club trains on the river every morning at dawn.",
+            "Its boats are painted in the club's colours.",
+            "The {name} rowing club won its first regatta decades ago.",
+        ),
         extra=lambda r: r.choice(COLOURS),
     ),
 ]
@@ -154,17 +358,29 @@ def build() -> tuple[list[dict[str, object]], list[dict[str, object]]]:
         for name, value, other in ((first, values[0], values[1]), (second, values[1], values[0])):
             doc_id = f"{family.name}-{name.lower()}"
             corpus.append({"id": doc_id, "text": _document(family, name, value, rng), "family": family.name})
-            questions.append({
-                "id": f"q-{doc_id}", "question": family.question.format(name=name), "answer": value,
-                "distractors": [other], "source": doc_id, "family": family.name,
-            })
+            questions.append(
+                {
+                    "id": f"q-{doc_id}",
+                    "question": family.question.format(name=name),
+                    "answer": value,
+                    "distractors": [other],
+                    "source": doc_id,
+                    "family": family.name,
+                }
+            )
         if n < len(absent):
             # Asked about a name the corpus lacks, next to a pair it has: every value of the pair is invented.
             name = absent[n]
-            questions.append({
-                "id": f"q-absent-{family.name}-{name.lower()}", "question": family.question.format(name=name),
-                "answer": None, "distractors": values, "source": None, "family": family.name,
-            })
+            questions.append(
+                {
+                    "id": f"q-absent-{family.name}-{name.lower()}",
+                    "question": family.question.format(name=name),
+                    "answer": None,
+                    "distractors": values,
+                    "source": None,
+                    "family": family.name,
+                }
+            )
     # Documents that answer nothing: general text about the same kinds of things, so the index is not
     # made of fact documents alone.
     for family in FAMILIES:
@@ -173,7 +389,9 @@ def build() -> tuple[list[dict[str, object]], list[dict[str, object]]]:
             text = " ".join(line.format(name=rng.choice(CITIES)) for line in rng.sample(family.filler, 2))
             if text not in seen:
                 seen.add(text)
-                corpus.append({"id": f"general-{family.name}-{len(seen)}", "text": text, "family": family.name})
+                corpus.append(
+                    {"id": f"general-{family.name}-{len(seen)}", "text": text, "family": family.name}
+                )
     rng.shuffle(corpus)
     return corpus, questions
 
@@ -183,7 +401,9 @@ def main() -> None:
     for file, rows in (("corpus.jsonl", corpus), ("questions.jsonl", questions)):
         (HERE / file).write_text("".join(json.dumps(row) + "\n" for row in rows))
     answerable = sum(q["answer"] is not None for q in questions)
-    print(f"{len(corpus)} documents, {answerable} answerable and {len(questions) - answerable} unanswerable questions")
+    print(
+        f"{len(corpus)} documents, {answerable} answerable and {len(questions) - answerable} unanswerable questions"
+    )
 
 
 if __name__ == "__main__":

@@ -67,7 +67,7 @@ def slice_of(questions: Sequence[Question], answerable: int, unanswerable: int) 
 
 
 def normalize(text: str) -> str:
-    text = text.lower().replace("’", "'")
+    text = text.lower().replace("\u2019", "'")
     return " ".join(re.sub(r"[^a-z0-9' ]+", " ", text).split())
 
 
@@ -148,7 +148,11 @@ async def ask(
 ) -> Outcome:
     started = time.perf_counter()
     answer = await client.answer(
-        question.question, retrieval=Retrieval(top_k=top_k), model=model, max_tokens=max_tokens, temperature=0.0
+        question.question,
+        retrieval=Retrieval(top_k=top_k),
+        model=model,
+        max_tokens=max_tokens,
+        temperature=0.0,
     )
     top1 = answer.sources[0].id if answer.sources else None
     return Outcome(question, answer.text, judge(question, answer.text), top1, time.perf_counter() - started)

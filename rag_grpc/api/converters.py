@@ -120,6 +120,7 @@ def generate_response(event: GenerateEvent) -> pb.GenerateResponse:
             request_id=event.request_id,
             model=event.model,
             cached=event.cached,
+            route=event.route,
         )
     )
 

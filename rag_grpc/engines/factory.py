@@ -26,7 +26,8 @@ from rag_grpc.settings import EngineSettings, Settings
 class Engines:
     embedder: Embedder
     vector_store: VectorStore
-    # Keyed by model id; the first is the default for requests that name none. Empty with generator_backend=none.
+    # Keyed by name (the `generators` setting; its model id when there is one generator), the default first.
+    # Empty with generator_backend=none.
     generators: dict[str, Generator]
 
     @property
@@ -174,6 +175,30 @@ async def build_generator(settings: Settings) -> Generator:
     )
 
 
+def generator_settings(settings: Settings) -> list[tuple[str | None, Settings]]:
+    """The generators to build, default first: (name, the settings that describe it). One entry named
+    None (called after its model) without a `generators` list; one per entry of the list otherwise,
+    each the flat settings with its backend, model and endpoints put in."""
+    engines = settings.engines
+    if engines.generator_backend == "none" and not engines.generators:
+        return []
+    if not engines.generators:
+        return [(None, settings)]
+    specs = sorted(engines.generators, key=lambda spec: not spec.default)
+    return [
+        (
+            spec.name,
+            settings.with_overrides(
+                generators=(),
+                generator_backend=spec.backend,
+                generator_model=spec.model,
+                generator_endpoints=spec.endpoints or engines.generator_endpoints,
+            ),
+        )
+        for spec in specs
+    ]
+
+
 @asynccontextmanager
 async def open_engines(
     settings: Settings,
@@ -194,10 +219,10 @@ async def open_engines(
         torch.set_num_threads(engine_settings.torch_threads)
     async with AsyncExitStack() as stack:
         generators: dict[str, Generator] = {}
-        if with_generator and engine_settings.generator_backend != "none":
-            # The generator comes first: vLLM sizes its GPU memory share against what is free at its start.
-            generator = await stack.enter_async_context(await build_generator(settings))
-            generators[generator.info.model] = generator
+        # Generators come first: vLLM sizes its GPU memory share against what is free at its start.
+        for name, one in generator_settings(settings) if with_generator else []:
+            generator = await stack.enter_async_context(await build_generator(one))
+            generators[name or generator.info.model] = generator
         # Each batching wrapper is left before the engine it wraps, so no batch outlives its engine.
         raw_embedder = await stack.enter_async_context(build_embedder(engine_settings))
         embedder = await stack.enter_async_context(

@@ -139,6 +139,7 @@ class CachedAnswer:
     prompt_tokens: int
     completion_tokens: int
     model: str
+    route: str = ""
 
 
 def encode_answer(answer: CachedAnswer) -> bytes:
@@ -152,6 +153,7 @@ def encode_answer(answer: CachedAnswer) -> bytes:
             "finish_reason": answer.finish_reason.value,
             "usage": [answer.prompt_tokens, answer.completion_tokens],
             "model": answer.model,
+            "route": answer.route,
         }
     ).encode()
 
@@ -169,4 +171,6 @@ def decode_answer(value: bytes) -> CachedAnswer:
         prompt_tokens=prompt_tokens,
         completion_tokens=completion_tokens,
         model=data["model"],
+        # Absent from entries written before routing existed.
+        route=data.get("route", ""),
     )

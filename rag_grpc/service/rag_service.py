@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 import numpy as np
+import structlog
 
 from rag_grpc import __version__
 from rag_grpc.domain import (
@@ -26,6 +27,7 @@ from rag_grpc.domain import (
     GenerateInput,
     GenerationChunk,
     GenerationRequest,
+    Hit,
     IndexDescription,
     IngestResult,
     RequestContext,
@@ -47,13 +49,17 @@ from rag_grpc.metrics import ServiceMetrics
 from rag_grpc.service import cache_entries as entries
 from rag_grpc.service.cache import CacheKind, ResultCache
 from rag_grpc.service.cache_entries import CachedAnswer, IndexState
+from rag_grpc.service.grounding import Grounding, abstention, select_sources
 from rag_grpc.service.prompt import grounded_messages, retrieval_query
+from rag_grpc.service.routing import Router, RouteSignals
 from rag_grpc.service.validation import Validator
-from rag_grpc.settings import Settings
+from rag_grpc.settings import AUTO_MODEL, Settings
 
 if TYPE_CHECKING:
     from opentelemetry.trace import Span, Tracer
     from opentelemetry.util.types import AttributeValue
+
+log = structlog.get_logger(__name__)
 
 # What _span gives while traces are off: one shared context manager that does nothing.
 _NO_SPAN: nullcontext[None] = nullcontext()
@@ -68,7 +74,8 @@ class _Answer:
     """What one Generate call has produced so far; builds its FinalEvent (the only place one is built)."""
 
     request_id: str
-    model: str
+    model: str  # the generator's name; empty until the router chose one
+    route: str = ""  # why the router chose it (requests that asked for "auto")
     started: float = field(default_factory=time.perf_counter)
     retrieval_ms: float = 0.0
     time_to_first_token_ms: float = 0.0
@@ -86,11 +93,14 @@ class _Answer:
             request_id=self.request_id,
             model=self.model,
             cached=cached,
+            route=self.route,
         )
 
 
 def _replay(cached: CachedAnswer, answer: _Answer) -> Iterator[GenerateEvent]:
     """A cached answer as a stream of the original's shape; the final event has the replay's own timings."""
+    # A routed request's cache entry is shared by the whole route, so the entry says who answered.
+    answer.model, answer.route = cached.model, cached.route
     if cached.sources is not None:
         answer.retrieval_ms = _ms_since(answer.started)
         yield cached.sources
@@ -126,6 +136,7 @@ class RagService:
         # Cached retrieval results are valid for this process's index only (see cache_entries.py).
         self._index_identity = uuid.uuid4().hex
         self._tracer = tracer
+        self.router = _router(settings, engines)
 
     def _span(
         self, name: str, attributes: Mapping[str, AttributeValue] | None = None
@@ -305,14 +316,51 @@ class RagService:
     # --- generation
 
     def generator_for(self, model: str) -> Generator:
+        return self.engines.generators[self._generator_name(model)]
+
+    def _generator_name(self, model: str) -> str:
+        """The generator a request names ("" for the default); "" again when the router is to choose."""
         generators = self.engines.generators
         if not generators:
             raise FailedPrecondition("model: this server runs without a generator (generator_backend=none)")
+        if model == AUTO_MODEL or (not model and self.settings.routing.route_unnamed):
+            if self.router is None:
+                raise FailedPrecondition(
+                    "model: 'auto' needs a routing policy (route_small_model and route_big_model)"
+                )
+            return ""
         if not model:
-            return self.engines.default_generator
+            return next(iter(generators))
         if model not in generators:
             raise NotFound(f"model: unknown generator {model[:80]!r}; available: {sorted(generators)}")
-        return generators[model]
+        return model
+
+    def _grounding(self, query: str, hits: Sequence[Hit]) -> Grounding:
+        limits = self.settings.limits
+        if not limits.grounding_check:
+            return Grounding(list(hits[: limits.grounding_max_sources]))
+        return select_sources(
+            query,
+            hits,
+            relative_floor=limits.grounding_relative_floor,
+            max_sources=limits.grounding_max_sources,
+        )
+
+    def _abstain(self, answer: _Answer, grounding: Grounding) -> Iterator[GenerateEvent]:
+        """The answer when the documents cannot ground one: said by the service, no generator runs."""
+        answer.model = ""
+        self.metrics.abstained.inc()
+        answer.time_to_first_token_ms = _ms_since(answer.started)
+        yield DeltaEvent(text=abstention(grounding), token_count=0)
+        yield answer.final(FinishReason.STOP)
+
+    def _route(self, answer: _Answer, query: str, hits: Sequence[Hit] | None) -> None:
+        """Chooses the generator of a request that asked for "auto", once its sources are known."""
+        assert self.router is not None
+        route = self.router.route(RouteSignals.of(query, hits))
+        answer.model, answer.route = route.model, route.reason
+        self.metrics.routes.labels(route.model, route.reason).inc()
+        log.info("route", model=route.model, reason=route.reason, difficulty=round(route.difficulty, 3))
 
     async def generate(
         self, request: GenerateInput, context: RequestContext | None = None
@@ -327,12 +375,11 @@ class RagService:
         messages = self._validate.messages(request)
         sampling = self._validate.sampling(request)
         retrieval = self._validate.retrieval(request.retrieval) if request.retrieval is not None else None
-        generator = self.generator_for(request.model)
-        answer = _Answer(context.request_id, generator.info.model)
+        answer = _Answer(context.request_id, self._generator_name(request.model))
         if self.cache.enabled(CacheKind.GENERATION) and entries.is_deterministic(sampling):
-            events = self._generate_through_cache(answer, context, messages, sampling, retrieval, generator)
+            events = self._generate_through_cache(answer, context, messages, sampling, retrieval)
         else:
-            events = self._generate(answer, context, messages, sampling, retrieval, generator)
+            events = self._generate(answer, context, messages, sampling, retrieval)
         async with aclosing(events):
             async for event in events:
                 yield event
@@ -344,13 +391,15 @@ class RagService:
         messages: list[ChatMessage],
         sampling: SamplingOptions,
         retrieval: RetrievalOptions | None,
-        generator: Generator,
     ) -> AsyncGenerator[GenerateEvent, None]:
         """Replays a cached answer, or generates one and caches it once it finished (not if cancelled)."""
+        # A routed request is keyed by the route (its policy included), since the router's choice is as
+        # deterministic as the answer given the same request and index.
+        subject = answer.model or (self.router.fingerprint if self.router else "")
 
         def cache_key(index_version: int | None) -> str:
             index = None if index_version is None else self._index_state(index_version)
-            return entries.generation_key(generator.info.model, messages, sampling, retrieval, index)
+            return entries.generation_key(subject, messages, sampling, retrieval, index)
 
         version = await self.engines.vector_store.current_version() if retrieval else None
         with self._span("cache.lookup", {"rag.cache": CacheKind.GENERATION.value}) as span:
@@ -363,9 +412,7 @@ class RagService:
             return
         sources: SourcesEvent | None = None
         deltas: list[DeltaEvent] = []
-        async with aclosing(
-            self._generate(answer, context, messages, sampling, retrieval, generator)
-        ) as events:
+        async with aclosing(self._generate(answer, context, messages, sampling, retrieval)) as events:
             async for event in events:
                 if isinstance(event, SourcesEvent):
                     sources = event
@@ -380,6 +427,7 @@ class RagService:
                         event.prompt_tokens,
                         event.completion_tokens,
                         event.model,
+                        event.route,
                     )
                     key = cache_key(sources.index_version if sources else None)
                     await self.cache.set(CacheKind.GENERATION, key, entries.encode_answer(stored))
@@ -392,20 +440,30 @@ class RagService:
         messages: list[ChatMessage],
         sampling: SamplingOptions,
         retrieval: RetrievalOptions | None,
-        generator: Generator,
     ) -> AsyncGenerator[GenerateEvent, None]:
         # The slot is taken before any work, so a refused call (queue full, quota, draining) is refused
         # before it sent anything, and given back the moment the engine stream ends, however that
         # happens: finished, failed, caller gone, or the stall timeout closing this generator.
         async with self.admission.slot(context.caller):
+            query = retrieval_query(messages)
+            grounding: Grounding | None = None
             if retrieval is not None:
-                result = await self._search(retrieval_query(messages), retrieval)
+                result = await self._search(query, retrieval)
                 answer.retrieval_ms = _ms_since(answer.started)
                 yield SourcesEvent(hits=result.hits, index_version=result.index_version)
-                with self._span("prompt.build", {"rag.prompt.documents": len(result.hits)}):
+                grounding = self._grounding(query, result.hits)
+                if not grounding.answerable:
+                    for event in self._abstain(answer, grounding):
+                        yield event
+                    return
+            if not answer.model:
+                self._route(answer, query, grounding.hits if grounding is not None else None)
+            generator = self.engines.generators[answer.model]
+            if grounding is not None:
+                with self._span("prompt.build", {"rag.prompt.documents": len(grounding.hits)}):
                     messages = grounded_messages(
                         messages,
-                        result.hits,
+                        grounding.hits,
                         generator.control_tokens,
                         self.settings.limits.max_grounding_chars,
                     )
@@ -475,6 +533,19 @@ class RagService:
             self.metrics.request_generation_tokens.labels(model).observe(answer.completion_tokens)
             if span is not None:
                 _end_generation_span(span, answer, finish)
+
+
+def _router(settings: Settings, engines: Engines) -> Router | None:
+    """The routing policy of the settings, its generators checked against the ones that run."""
+    routing = settings.routing
+    if routing.route_small_model is None or routing.route_big_model is None:
+        return None
+    for name in (routing.route_small_model, routing.route_big_model):
+        if name not in engines.generators:
+            raise ValueError(
+                f"routing: no generator named {name!r}; the generators are {sorted(engines.generators)}"
+            )
+    return Router(routing.route_small_model, routing.route_big_model, routing.route_threshold)
 
 
 def _end_generation_span(span: Span, answer: _Answer, finish: str) -> None:

@@ -115,6 +115,7 @@ def event(message: pb.GenerateResponse) -> t.GenerateEvent:
         request_id=final.request_id,
         model=final.model,
         cached=final.cached,
+        route=final.route,
     )
 
 

@@ -100,6 +100,8 @@ class Final:
     request_id: str
     model: str
     cached: bool
+    # Why the server's router chose `model` when the request asked for "auto"; empty otherwise.
+    route: str = ""
 
 
 GenerateEvent = Sources | TextDelta | Final

@@ -61,13 +61,21 @@ def _sane(value: object) -> bool:
     )
 
 
-def _usage(message: Any) -> dict[str, int]:
-    """Token counts a response reports: Embed's total, Generate's final usage."""
+def _usage(message: Any) -> dict[str, Any]:
+    """What a response tells the log line: Embed's token total; Generate's usage, model and route."""
     if isinstance(message, pb.EmbedResponse):
         return {"embedded_tokens": message.total_tokens}
     if isinstance(message, pb.GenerateResponse) and message.HasField("final"):
-        usage = message.final.usage
-        return {"prompt_tokens": usage.prompt_tokens, "completion_tokens": usage.completion_tokens}
+        final = message.final
+        usage = final.usage
+        fields: dict[str, Any] = {
+            "prompt_tokens": usage.prompt_tokens,
+            "completion_tokens": usage.completion_tokens,
+            "model": final.model,
+        }
+        if final.route:
+            fields["route"] = final.route
+        return fields
     return {}
 
 
