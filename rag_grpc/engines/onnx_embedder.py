@@ -218,7 +218,7 @@ class OnnxInt8Embedder:
 
     def _load(self) -> None:
         import onnxruntime
-        from transformers import AutoTokenizer
+        from tokenizers import Tokenizer
 
         model_dir = quantized_model_dir(self._source, self._cache_dir, self._model_id, self._config)
         options = onnxruntime.SessionOptions()
@@ -227,8 +227,14 @@ class OnnxInt8Embedder:
         self._session = onnxruntime.InferenceSession(
             str(model_dir / MODEL_FILE), options, providers=["CPUExecutionProvider"]
         )
-        self._tokenizer = AutoTokenizer.from_pretrained(str(model_dir), local_files_only=True)
         self._max_tokens = _check_pooling(model_dir)
+        # The fast tokenizer's own file, without transformers (whose import alone takes seconds).
+        tokenizer = Tokenizer.from_file(str(model_dir / "tokenizer.json"))
+        pad = json.loads((model_dir / "tokenizer_config.json").read_text()).get("pad_token", "[PAD]")
+        pad = pad["content"] if isinstance(pad, dict) else pad
+        tokenizer.enable_truncation(max_length=self._max_tokens)
+        tokenizer.enable_padding(pad_id=tokenizer.token_to_id(pad), pad_token=pad)
+        self._tokenizer = tokenizer
         self._dimension = int(json.loads((model_dir / "config.json").read_text())["hidden_size"])
         self.model_dir = model_dir
 
@@ -258,14 +264,12 @@ class OnnxInt8Embedder:
         order = sorted(range(len(texts)), key=lambda i: -len(texts[i]))
         for start in range(0, len(order), self._batch_size):
             chunk = order[start : start + self._batch_size]
-            encoded = self._tokenizer(
-                [texts[i] for i in chunk],
-                padding=True,
-                truncation=True,
-                max_length=self._max_tokens,
-                return_tensors="np",
-            )
-            feeds = {name: encoded[name].astype(np.int64) for name in _INPUTS}
+            encodings = self._tokenizer.encode_batch([texts[i] for i in chunk])
+            feeds = {
+                "input_ids": np.array([e.ids for e in encodings], dtype=np.int64),
+                "attention_mask": np.array([e.attention_mask for e in encodings], dtype=np.int64),
+                "token_type_ids": np.array([e.type_ids for e in encodings], dtype=np.int64),
+            }
             hidden = self._session.run(None, feeds)[0]
             mask = feeds["attention_mask"][..., None].astype(np.float32)
             pooled = (hidden * mask).sum(axis=1) / np.clip(mask.sum(axis=1), 1e-9, None)
