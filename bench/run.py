@@ -22,6 +22,7 @@ import json
 import os
 import platform
 import subprocess
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -87,6 +88,12 @@ async def _run(quick: bool, only: set[str], soak_s: float | None, storm_s: float
     if "embed" in only:
         results["embed"] = await embed_retrieve.bench_embed(**short)
         results["embed_infinity"] = await peers.infinity_embed(duration_s=8.0 if quick else 20.0)
+        try:
+            results["embed_infinity_optimum"] = await peers.infinity_embed(
+                duration_s=8.0 if quick else 20.0, engine="optimum"
+            )
+        except Exception as exc:  # noqa: BLE001 - the optional peer row is left out, with the reason
+            print(f"[embed] infinity-emb --engine optimum did not run: {exc!r}", file=sys.stderr)
     if "retrieve" in only:
         results["retrieve"] = await embed_retrieve.bench_retrieve(
             documents=20_000 if quick else 100_000, **short
@@ -164,7 +171,49 @@ def _embed_rows(results: dict[str, Any]) -> list[Row]:
             f"batch cap 64 on both sides (infinity --batch-size {inf['batch_size']}); "
             f"{CACHES_OFF}, infinity --no-vector-disk-cache",
         ),
+        *_embed_int8_rows(results),
     ]
+
+
+def _embed_int8_rows(results: dict[str, Any]) -> list[Row]:
+    """embedder_precision=int8: the same load in the same rounds as the float32 server (bench_embed)."""
+    embed, inf = results["embed"], results["embed_infinity"]
+    if "service_int8" not in embed:
+        return []
+    ours = embed["service_int8"]["per_s"]
+    codes = _codes(embed["service_int8"]["non_ok"])
+    rows = [
+        Row(
+            "Embed int8, 64 clients x 1 text (texts/s)",
+            f"{ours:.0f}",
+            f"float32 service {embed['service']['per_s']:.0f}",
+            f"{embed['int8_over_float32']:.2f} (median of rounds {embed['int8_over_float32_median_of_rounds']:.2f})",
+            codes,
+            f"embedder_precision=int8 (ONNX Runtime); raw int8 engine, batch 64: "
+            f"{embed['raw_int8_texts_per_s']:.0f}; mean model batch {embed['service_int8_mean_batch']:.1f}",
+        ),
+        Row(
+            "Embed int8 vs infinity-emb, same load (texts/s)",
+            f"{ours:.0f}",
+            f"infinity-emb {inf['texts_per_s']:.0f}",
+            f"{_ratio(ours, inf['texts_per_s']):.2f} (target >= 1.5)",
+            f"{codes} (infinity: HTTP errors fail the run)",
+            f"batch cap 64 on both sides; infinity --engine torch float32, {CACHES_OFF}",
+        ),
+    ]
+    onnx = results.get("embed_infinity_optimum")
+    if onnx is not None:
+        rows.append(
+            Row(
+                "Embed int8 vs infinity-emb --engine optimum (texts/s)",
+                f"{ours:.0f}",
+                f"infinity-emb optimum {onnx['texts_per_s']:.0f}",
+                f"{_ratio(ours, onnx['texts_per_s']):.2f}",
+                f"{codes} (infinity: HTTP errors fail the run)",
+                "infinity's own ONNX Runtime engine (its float32 ONNX export), batch cap 64",
+            )
+        )
+    return rows
 
 
 def _retrieve_rows(results: dict[str, Any]) -> list[Row]:
