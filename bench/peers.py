@@ -99,17 +99,6 @@ INFINITY_ENV = PeerEnv(
 )
 
 
-# infinity's own ONNX Runtime engine (--engine optimum), apart: optimum 1.x with onnxruntime built in, which
-# the torch engine's environment does not need.
-INFINITY_OPTIMUM_ENV = PeerEnv(
-    "infinity-optimum",
-    (
-        (TORCH_CPU,),
-        (TORCH_CPU, "infinity-emb[server,torch,optimum]==0.0.78", "optimum[onnxruntime]<2"),
-    ),
-)
-
-
 def transformers_env() -> PeerEnv:
     # The same transformers release as the project's, so the model computes exactly what ours does.
     version = metadata.version("transformers")
@@ -236,7 +225,7 @@ def our_embed_batch_cap() -> int:
 
 @asynccontextmanager
 async def infinity_server(
-    timeout_s: float = 300.0, batch_size: int | None = None, torch_threads: int = 0, engine: str = "torch"
+    timeout_s: float = 300.0, batch_size: int | None = None, torch_threads: int = 0
 ) -> AsyncIterator[str]:
     """infinity-emb serving the bundled MiniLM directory; yields its base URL.
 
@@ -246,15 +235,14 @@ async def infinity_server(
     batch_size = batch_size if batch_size is not None else our_embed_batch_cap()
     from rag_grpc.engines.model_files import BUNDLED_EMBEDDER, resolve_embedder
 
-    env_of_engine = INFINITY_OPTIMUM_ENV if engine == "optimum" else INFINITY_ENV
-    venv = await asyncio.to_thread(env_of_engine.ensure)
+    venv = await asyncio.to_thread(INFINITY_ENV.ensure)
     port = free_loopback_port()
     argv = [
-        str(env_of_engine.bin("infinity_emb")),
+        str(INFINITY_ENV.bin("infinity_emb")),
         "v2",
         "--model-id", resolve_embedder(BUNDLED_EMBEDDER),
         "--served-model-name", EMBED_MODEL_NAME,
-        "--engine", engine,
+        "--engine", "torch",
         "--device", "cpu",
         "--batch-size", str(batch_size),
         "--dtype", "float32",
@@ -280,16 +268,14 @@ async def infinity_embed(
     text_for: Callable[[int], str] = short_text,
     torch_threads: int = 0,
     batch_size: int | None = None,
-    engine: str = "torch",
 ) -> dict[str, Any]:
     """Texts/s and latency of infinity-emb under `concurrency` closed-loop clients, one text per request.
 
-    batch_size is infinity's largest model batch; None gives it our embedder's cap (64). engine is
-    infinity's --engine: torch, or optimum (its ONNX Runtime engine, exporting the model at start).
+    batch_size is infinity's largest model batch; None gives it our embedder's cap (64).
     """
     batch_size = batch_size if batch_size is not None else our_embed_batch_cap()
     async with (
-        infinity_server(batch_size=batch_size, torch_threads=torch_threads, engine=engine) as base_url,
+        infinity_server(batch_size=batch_size, torch_threads=torch_threads) as base_url,
         _http_session(concurrency, timeout_s=60) as session,
     ):
         url = f"{base_url}/embeddings"
@@ -304,7 +290,7 @@ async def infinity_embed(
             return Sample(items=1)
 
         result = await run_load(call, concurrency, duration_s, max_requests, warmup_s=warmup_s)
-    return {"peer": "infinity-emb", "engine": engine, "batch_size": batch_size, **_embed_summary(result)}
+    return {"peer": "infinity-emb", "batch_size": batch_size, **_embed_summary(result)}
 
 
 def _embed_summary(result: LoadResult) -> dict[str, Any]:

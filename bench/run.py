@@ -22,7 +22,6 @@ import json
 import os
 import platform
 import subprocess
-import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -88,12 +87,6 @@ async def _run(quick: bool, only: set[str], soak_s: float | None, storm_s: float
     if "embed" in only:
         results["embed"] = await embed_retrieve.bench_embed(**short)
         results["embed_infinity"] = await peers.infinity_embed(duration_s=8.0 if quick else 20.0)
-        try:
-            results["embed_infinity_optimum"] = await peers.infinity_embed(
-                duration_s=8.0 if quick else 20.0, engine="optimum"
-            )
-        except Exception as exc:  # noqa: BLE001 - the optional peer row is left out, with the reason
-            print(f"[embed] infinity-emb --engine optimum did not run: {exc!r}", file=sys.stderr)
     if "retrieve" in only:
         results["retrieve"] = await embed_retrieve.bench_retrieve(
             documents=20_000 if quick else 100_000, **short
@@ -182,7 +175,7 @@ def _embed_int8_rows(results: dict[str, Any]) -> list[Row]:
         return []
     ours = embed["service_int8"]["per_s"]
     codes = _codes(embed["service_int8"]["non_ok"])
-    rows = [
+    return [
         Row(
             "Embed int8, 64 clients x 1 text (texts/s)",
             f"{ours:.0f}",
@@ -201,19 +194,6 @@ def _embed_int8_rows(results: dict[str, Any]) -> list[Row]:
             f"batch cap 64 on both sides; infinity --engine torch float32, {CACHES_OFF}",
         ),
     ]
-    onnx = results.get("embed_infinity_optimum")
-    if onnx is not None:
-        rows.append(
-            Row(
-                "Embed int8 vs infinity-emb --engine optimum (texts/s)",
-                f"{ours:.0f}",
-                f"infinity-emb optimum {onnx['texts_per_s']:.0f}",
-                f"{_ratio(ours, onnx['texts_per_s']):.2f}",
-                f"{codes} (infinity: HTTP errors fail the run)",
-                "infinity's own ONNX Runtime engine (its float32 ONNX export), batch cap 64",
-            )
-        )
-    return rows
 
 
 def _retrieve_rows(results: dict[str, Any]) -> list[Row]:
