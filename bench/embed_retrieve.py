@@ -2,7 +2,8 @@
 
 - Embed: `clients` concurrent callers, each sending one short text per call, against the service
   on loopback -> texts/s and latency; against raw `SentenceTransformer.encode` on the same kind of
-  texts at its best batch size.
+  texts at its best batch size. A second server with embedder_precision=int8 (ONNX Runtime, int8
+  weights) takes the same load in the same rounds, next to its raw engine at batch 64.
 - Retrieve: `documents` random unit vectors loaded straight into the store (not embedded);
   `clients` concurrent callers by vector and by text -> QPS and p50/p99; against raw batched FAISS
   search (an IndexFlatIP holding the same vectors, `clients` queries per call) and, for text
@@ -30,6 +31,7 @@ import time
 from collections import Counter
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
+from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -210,9 +212,9 @@ def _raw_round(work: Callable[[], int], seconds: float, into: Tally) -> None:
 # ------------------------------------------------------------------ the service under test
 
 
-def _service_settings() -> Any:
+def _service_settings(**overrides: Any) -> Any:
     """The Embed and Retrieve rows measure compute: every cache off, no interceptors, no generator."""
-    return bench_settings(cache_backend="none")
+    return bench_settings(cache_backend="none", **overrides)
 
 
 def _mean_batch(engine: Any) -> float:
@@ -271,8 +273,10 @@ async def bench_embed(
     warmup_s: float = 2.0,
     max_requests: int = 50_000,
     batch_sizes: tuple[int, ...] = (16, 32, 64, 128),
+    int8: bool = True,
 ) -> dict[str, Any]:
-    """Embed texts/s with `clients` concurrent one-text callers vs raw encode at its best batch size."""
+    """Embed texts/s with `clients` concurrent one-text callers vs raw encode at its best batch size;
+    with `int8`, also a server with embedder_precision=int8 and its raw engine at batch 64."""
     model = _raw_sentence_transformer()
 
     def encode(batch_size: int) -> Callable[[], int]:
@@ -291,19 +295,37 @@ async def bench_embed(
         return work
 
     raw = {bs: Series() for bs in batch_sizes}
-    service = Series()
+    service, service_int8, raw_int8 = Series(), Series(), Series()
+    int8_texts = [short_text(i) for i in range(64)]
     generator = LoadGenerator()
     try:
-        async with serving(_service_settings(), with_generator=False) as served:
-            target, engines = served.target, served.engines
+        async with AsyncExitStack() as stack:
+            served = await stack.enter_async_context(serving(_service_settings(), with_generator=False))
+            served_int8 = None
+            if int8:
+                # The int8 server's engine (exported on first use, then from model_cache_dir) also serves the
+                # raw int8 rounds, between load phases, as raw encode shares the float32 server's process.
+                served_int8 = await stack.enter_async_context(
+                    serving(_service_settings(embedder_precision="int8"), with_generator=False)
+                )
+                int8_engine = served_int8.engines.embedder.inner  # under the micro-batcher
+
+                def encode_int8() -> int:
+                    int8_engine._encode(int8_texts)
+                    return len(int8_texts)
+
             for n in range(rounds):
+                warm = warmup_s if n == 0 else 0.0
                 for bs, series in raw.items():
                     _raw_round(encode(bs), raw_s, series.new_round())
-                load = Load(
-                    target, "embed", clients, service_s, max_requests, warmup_s if n == 0 else 0.0, seed=n
-                )
+                load = Load(served.target, "embed", clients, service_s, max_requests, warm, seed=n)
                 await generator.run(load, service.new_round())
-            mean_batch = _mean_batch(engines.embedder)
+                if served_int8 is not None:
+                    _raw_round(encode_int8, raw_s, raw_int8.new_round())
+                    load = Load(served_int8.target, "embed", clients, service_s, max_requests, warm, seed=n)
+                    await generator.run(load, service_int8.new_round())
+            mean_batch = _mean_batch(served.engines.embedder)
+            mean_batch_int8 = _mean_batch(served_int8.engines.embedder) if served_int8 else 0.0
     finally:
         generator.close()
 
@@ -319,6 +341,21 @@ async def bench_embed(
         **ratios,
         "target_ratio": 0.85,
     }
+    int8_rows: list[tuple[str, ...]] = []
+    if int8:
+        int8_ratios = ratio_summary(service_int8, service)
+        result |= {
+            "service_int8": service_int8.total.summary(),
+            "service_int8_mean_batch": mean_batch_int8,
+            "raw_int8_texts_per_s": raw_int8.total.per_s,
+            "int8_over_float32": int8_ratios["ratio"],
+            "int8_over_float32_median_of_rounds": int8_ratios["ratio_median_of_rounds"],
+        }
+        int8_rows = [
+            _row("service, embedder_precision=int8", service_int8.total, f"mean batch {mean_batch_int8:.1f}"),
+            _row("raw int8 engine, batch 64", raw_int8.total, "ONNX Runtime"),
+            _ratio_row("ratio int8 service / float32 service", int8_ratios, ""),
+        ]
     _table(
         f"Embed: {clients} concurrent callers x 1 short text vs raw SentenceTransformer.encode ({rounds} rounds)",
         [
@@ -329,6 +366,7 @@ async def bench_embed(
                 for bs, series in raw.items()
             ],
             _ratio_row("ratio service / best raw", ratios, "target >= 0.85"),
+            *int8_rows,
         ],
     )
     return result

@@ -164,6 +164,35 @@ def _embed_rows(results: dict[str, Any]) -> list[Row]:
             f"batch cap 64 on both sides (infinity --batch-size {inf['batch_size']}); "
             f"{CACHES_OFF}, infinity --no-vector-disk-cache",
         ),
+        *_embed_int8_rows(results),
+    ]
+
+
+def _embed_int8_rows(results: dict[str, Any]) -> list[Row]:
+    """embedder_precision=int8: the same load in the same rounds as the float32 server (bench_embed)."""
+    embed, inf = results["embed"], results["embed_infinity"]
+    if "service_int8" not in embed:
+        return []
+    ours = embed["service_int8"]["per_s"]
+    codes = _codes(embed["service_int8"]["non_ok"])
+    return [
+        Row(
+            "Embed int8, 64 clients x 1 text (texts/s)",
+            f"{ours:.0f}",
+            f"float32 service {embed['service']['per_s']:.0f}",
+            f"{embed['int8_over_float32']:.2f} (median of rounds {embed['int8_over_float32_median_of_rounds']:.2f})",
+            codes,
+            f"embedder_precision=int8 (ONNX Runtime); raw int8 engine, batch 64: "
+            f"{embed['raw_int8_texts_per_s']:.0f}; mean model batch {embed['service_int8_mean_batch']:.1f}",
+        ),
+        Row(
+            "Embed int8 vs infinity-emb, same load (texts/s)",
+            f"{ours:.0f}",
+            f"infinity-emb {inf['texts_per_s']:.0f}",
+            f"{_ratio(ours, inf['texts_per_s']):.2f} (target >= 1.5)",
+            f"{codes} (infinity: HTTP errors fail the run)",
+            f"batch cap 64 on both sides; infinity --engine torch float32, {CACHES_OFF}",
+        ),
     ]
 
 

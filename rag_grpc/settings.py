@@ -124,6 +124,12 @@ class EngineSettings(BaseModel):
     embedder_device: Device = Field(
         "auto", description="Device for the embedder; auto picks CUDA if present."
     )
+    embedder_precision: Literal["float32", "int8"] = Field(
+        "float32",
+        description="Embedder weights: float32 (sentence-transformers on torch), or int8 (the model exported "
+        "to ONNX and dynamically quantized at first start, cached under model_cache_dir, run by ONNX Runtime "
+        "on the CPU; embedder_device must be auto or cpu).",
+    )
     vector_store_backend: Literal["faiss", "milvus"] = Field(
         "faiss",
         description="Vector store engine: FAISS in this process, or a Milvus collection that replicas share.",
@@ -268,6 +274,11 @@ class EngineSettings(BaseModel):
                 raise ValueError(f"generator_endpoints: {url!r} must start with grpc://, http:// or https://")
         if self.generator_backend == "remote" and not self.generator_endpoints:
             raise ValueError("generator_backend=remote needs generator_endpoints")
+        if self.embedder_precision == "int8" and self.embedder_device == "cuda":
+            raise ValueError(
+                "embedder_precision=int8 runs on the CPU (ONNX Runtime's int8 kernels): set embedder_device "
+                "to cpu or auto, or embedder_precision to float32"
+            )
         return self
 
     # --- micro-batching in front of the embedder and the index

@@ -46,6 +46,16 @@ def build_embedder(engines: EngineSettings) -> Embedder:
             from rag_grpc.engines.sentence_transformers_embedder import SentenceTransformerEmbedder
 
             model_id = engines.embedder_model.removeprefix("bundled:")
+            if engines.embedder_precision == "int8":
+                # CPU only (the settings refuse embedder_device=cuda with int8; auto means the CPU here).
+                from rag_grpc.engines.onnx_embedder import OnnxInt8Embedder
+
+                return OnnxInt8Embedder(
+                    Path(resolve_embedder(engines.embedder_model)),
+                    engines.model_cache_dir,
+                    model_id,
+                    threads=engines.torch_threads,
+                )
             return SentenceTransformerEmbedder(
                 resolve_embedder(engines.embedder_model),
                 resolve_torch_device(engines.embedder_device),
