@@ -118,11 +118,17 @@ class EngineSettings(BaseModel):
         description="Redis holding the index version for vector_store_backend=milvus, read by every replica "
         "before a cached lookup and raised after each write; unset counts in this process (one replica only).",
     )
-    generator_backend: Literal["transformers", "vllm", "remote", "none"] = Field(
+    generator_backend: Literal["transformers", "vllm", "onnxruntime", "remote", "none"] = Field(
         "transformers",
-        description="Generation engine: in-process transformers, in-process vLLM AsyncLLM, remote workers "
+        description="Generation engine: in-process transformers, in-process vLLM AsyncLLM, in-process "
+        "ONNX Runtime with a quantized model (CPU; see generator_precision), remote workers "
         "(generator_endpoints), or none (no model is loaded and Generate answers FAILED_PRECONDITION; for "
         "index-only servers and fast test starts).",
+    )
+    generator_precision: Literal["auto", "float32", "int8", "int4"] = Field(
+        "auto",
+        description="Weight precision of the generator; auto is int4 for onnxruntime (built once from the model "
+        "and cached under model_cache_dir) and float32 for the others, which support nothing else.",
     )
     generator_model: str = Field(
         "bundled:SmolLM2-135M-Instruct",
@@ -211,7 +217,22 @@ class EngineSettings(BaseModel):
                 raise ValueError(f"generator_endpoints: {url!r} must start with grpc://, http:// or https://")
         if self.generator_backend == "remote" and not self.generator_endpoints:
             raise ValueError("generator_backend=remote needs generator_endpoints")
+        if self.generator_backend in ("transformers", "vllm", "remote") and self.generator_precision not in (
+            "auto",
+            "float32",
+        ):
+            raise ValueError(
+                f"generator_precision={self.generator_precision} needs generator_backend=onnxruntime; "
+                f"generator_backend={self.generator_backend} runs float32 (set generator_precision=auto)"
+            )
         return self
+
+    @property
+    def resolved_generator_precision(self) -> Literal["float32", "int8", "int4"]:
+        """generator_precision with auto resolved: int4 for onnxruntime, float32 for the other backends."""
+        if self.generator_precision != "auto":
+            return self.generator_precision
+        return "int4" if self.generator_backend == "onnxruntime" else "float32"
 
     # --- micro-batching in front of the embedder and the index
     embed_batch_max_size: int = Field(
