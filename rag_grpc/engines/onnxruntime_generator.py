@@ -9,9 +9,15 @@ padding of their caches: row r's mask holds ones for its own cached tokens plus 
 
 One scheduler thread owns the session and the cache. Each step it drops rows whose consumer left
 (the last row's cache moves into the hole, so rows stay contiguous), reads the prompts of waiting
-requests (about `prefill_chunk_tokens` prompt tokens per step, one request at a time, straight into
-its row of the cache), and decodes one token for every running row in one call. A consumer that
-leaves stops counting against capacity at once and its row is gone before the next step.
+requests (about `prefill_chunk_tokens` prompt tokens per step, one request at a time, into a slot of
+its own, moved to the running rows once read), and decodes one token for every running row in one
+call. A consumer that leaves stops counting against capacity at once and its row is gone before the
+next step.
+
+Every call multiplies at least two token rows: ONNX Runtime's int4 kernel for a single row computes
+in float32 while the one for several rows quantizes activations to int8 (logits differ by up to ~4),
+so a lone decoding row is paired with a scratch row and a prompt chunk never has one token. Each
+request then gets the same tokens whichever requests share its steps, and seeded sampling repeats.
 
 onnxruntime-genai's own Engine was measured and not used here: on CPU it batches statically (at most
 4 requests, and a request arriving mid-batch waits for the whole batch to finish).
@@ -105,7 +111,8 @@ class _Row:
 
 
 class _KvCache:
-    """Every layer's key and value buffers, [slots, kv_heads, capacity, head_size] float32 each."""
+    """Every layer's key and value buffers, [slots, kv_heads, capacity, head_size] float32 each: slots
+    0..max_batch_size-1 for running rows, then a scratch slot, then the slot of the prompt being read."""
 
     def __init__(
         self, names: list[tuple[str, str]], slots: int, kv_heads: int, head_size: int, limit: int
@@ -219,10 +226,10 @@ class OnnxRuntimeGenerator:
         for layer in range(int(decoder["num_hidden_layers"])):
             buffers.append((names["past_key_names"] % layer, outputs["present_key_names"] % layer))
             buffers.append((names["past_value_names"] % layer, outputs["present_value_names"] % layer))
-        # One slot more than the batch: the row whose prompt is being read.
+        self._reader_slot = self._max_batch_size + 1
         self._cache = _KvCache(
             buffers,
-            self._max_batch_size + 1,
+            self._max_batch_size + 2,
             int(decoder["num_key_value_heads"]),
             int(decoder["head_size"]),
             context,
@@ -234,7 +241,7 @@ class OnnxRuntimeGenerator:
         if tokenizer.eos_token_id is not None:
             self._eos_ids.add(tokenizer.eos_token_id)
         # Warm-up: the first run pays one-off initialisation.
-        self._run(0, [[int(t) for t in tokenizer.encode("Hello")]], [0])
+        self._run(0, [[int(t) for t in tokenizer.encode("Hello, world")]], [0])
         log.info(
             "onnxruntime_generator_ready", model=self._model_id, precision=self._precision, context=context
         )
@@ -311,7 +318,7 @@ class OnnxRuntimeGenerator:
     def _schedule(self) -> None:
         assert self._cache is not None
         rows: list[_Row] = []  # decoding, in cache slots 0..len(rows)-1
-        reader: _Row | None = None  # prompt being read, in slot len(rows)
+        reader: _Row | None = None  # prompt being read, in the reader slot
         while True:
             rows, reader = self._drop(rows, reader)
             if not self._wait_for_work(busy=bool(rows) or reader is not None):
@@ -363,8 +370,6 @@ class OnnxRuntimeGenerator:
                 self._cache.move(last, slot, rows[last].cached)
                 rows[slot] = rows[last]
             rows.pop()
-        if reader is not None and reader.cached:
-            self._cache.move(len(rows) + len(leaving), len(rows), reader.cached)
         return rows, reader
 
     def _read_prompts(self, rows: list[_Row], reader: _Row | None) -> tuple[list[_Row], _Row | None]:
@@ -382,12 +387,15 @@ class OnnxRuntimeGenerator:
                 if job is None:
                     break
                 reader = _Row(job, TokenSampler.for_options(job.request.sampling, "cpu"), self._template)
-            slot = len(rows)
-            take = min(budget, len(reader.prompt) - reader.cached)
+            left = len(reader.prompt) - reader.cached
+            take = min(budget, left)
+            if left - take == 1:
+                take -= 1  # never a one-token chunk (see the module's docstring)
+            if take < 2 <= left:
+                break  # the rest next step
             try:
-                logits = self._run(
-                    slot, [reader.prompt[reader.cached : reader.cached + take]], [reader.cached]
-                )
+                chunk = reader.prompt[reader.cached : reader.cached + take]
+                logits = self._run(self._reader_slot, [chunk], [reader.cached])
             except Exception:
                 log.exception("generator_prefill_failed", request_id=reader.job.request.request_id)
                 self._retire([reader.job], Unavailable("the generator failed to read the prompt; retry"))
@@ -401,6 +409,7 @@ class OnnxRuntimeGenerator:
             if reader.finished or reader.job.aborted:
                 self._retire([reader.job])
             else:
+                self._cache.move(self._reader_slot, len(rows), reader.cached)
                 rows.append(reader)
             reader = None
         return rows, reader
@@ -425,6 +434,10 @@ class OnnxRuntimeGenerator:
         import onnxruntime as ort
 
         assert self._cache is not None
+        real_rows = len(tokens)
+        if real_rows * len(tokens[0]) == 1:
+            # A scratch row in the free slot after the running rows (see the module's docstring).
+            tokens, cached = [*tokens, tokens[0]], [*cached, 0]
         rows, width = len(tokens), len(tokens[0])
         total = max(cached) + width
         self._cache.ensure(total)
@@ -441,7 +454,7 @@ class OnnxRuntimeGenerator:
             binding.bind_ortvalue_output(present, value)
         self._session.run_with_iobinding(binding)
         logits: npt.NDArray[np.float32] = binding.get_outputs()[0].numpy()
-        return np.ascontiguousarray(logits[:, -1, :])
+        return np.ascontiguousarray(logits[:real_rows, -1, :])
 
     def _accept(self, rows: list[_Row], logits: npt.NDArray[np.float32]) -> None:
         """Samples every row's next token (end-of-sequence masked for rows short of min_tokens); chunks go
