@@ -385,7 +385,26 @@ _VLLM_SIDES = (
     ("rag_grpc_vllm", "(c) rag-grpc, vLLM in process"),
     ("rag_grpc_remote_grpc", "(d) rag-grpc, remote grpc:// in front of (a)"),
     ("rag_grpc_transformers", "(e) rag-grpc, transformers engine"),
+    ("rag_grpc_onnxruntime", "(f) rag-grpc, onnxruntime engine (int4)"),
 )
+# vLLM's own servers: (f) is held against the best of them at each stream count.
+_VLLM_PEERS = ("vllm_grpc", "vllm_grpc_preload", "vllm_openai")
+
+
+def _against_best_peer(sides: dict[str, Any], row: dict[str, Any]) -> str:
+    """(f)'s targets: >= 1.5x the best peer's tok/s at 1 stream, >= 1.2x at 16, TTFT at 1 stream <= the
+    best peer's."""
+    peers = [peer for key in _VLLM_PEERS for peer in sides.get(key, ()) if peer["streams"] == row["streams"]]
+    if not peers:
+        return ""
+    best = max(peers, key=lambda peer: peer["tokens_per_s"])
+    ratio = _ratio(row["tokens_per_s"], best["tokens_per_s"])
+    goal = 1.5 if row["streams"] == 1 else 1.2
+    verdict = f" (target >= {goal} x best peer {best['tokens_per_s']:.1f} tok/s: {ratio:.2f}"
+    if row["streams"] == 1:
+        best_ttft = min(peer["ttft_p50_ms"] for peer in peers)
+        verdict += f"; TTFT <= {best_ttft:.0f} ms: {row['ttft_p50_ms'] - best_ttft:+.0f} ms"
+    return verdict + ")"
 
 
 def _vllm_rows(results: dict[str, Any]) -> list[Row]:
@@ -403,6 +422,8 @@ def _vllm_rows(results: dict[str, Any]) -> list[Row]:
                 target = f" (target >= 0.95, TTFT <= (a) + 10 ms: {ttft_excess:+.0f} ms)"
             elif key == "rag_grpc_remote_grpc":
                 target = " (target >= 0.9)"
+            elif key == "rag_grpc_onnxruntime":
+                target = _against_best_peer(sides, row)
             rows.append(
                 Row(
                     f"{label}, {row['streams']} stream(s) x {report['tokens']} tokens",
@@ -414,6 +435,8 @@ def _vllm_rows(results: dict[str, Any]) -> list[Row]:
                     + (
                         "float32, 16-row batch"
                         if key == "rag_grpc_transformers"
+                        else "int4 ONNX (onnxruntime-genai builder), 16-row step batching"
+                        if key == "rag_grpc_onnxruntime"
                         else "vLLM float32, compiled, 1 GiB KV cache"
                     )
                     + "; "

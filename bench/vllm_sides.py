@@ -7,12 +7,14 @@ streams of exactly `tokens` tokens (min_tokens = max_tokens, greedy), at each st
   (b) vLLM's OpenAI server, streamed chat completions (SSE);
   (c) rag-grpc with vLLM in process;
   (d) rag-grpc with the remote grpc:// backend in front of (a);
-  (e) rag-grpc's transformers engine.
+  (e) rag-grpc's transformers engine;
+  (f) rag-grpc's onnxruntime engine, int4 (generator_backend=onnxruntime, generator_precision=int4).
 
 Every vLLM engine runs with the same flags (float32, compiled, 1 GiB KV cache, max_model_len 2048). One
 engine runs at a time; (d) runs while (a)'s worker is up, right after (a).
 
     OMP_WAIT_POLICY=PASSIVE python -m bench.run --only vllm
+    python -m bench.vllm_sides onnxruntime   # (f) alone, 10 s per stream count, printed as JSON
 """
 
 from __future__ import annotations
@@ -231,7 +233,16 @@ async def bench_vllm_sides(
         {"generator_backend": "vllm", **vllm_engine}, streams, tokens, duration_s, warmup_s
     )
     sides["rag_grpc_transformers"] = await _through_rag_grpc({}, streams, tokens, duration_s, warmup_s)
+    sides["rag_grpc_onnxruntime"] = await bench_onnxruntime_side(streams, tokens, duration_s, warmup_s)
     return {"tokens": tokens, "sides": sides}
+
+
+async def bench_onnxruntime_side(
+    streams: Sequence[int] = (1, 16), tokens: int = 64, duration_s: float = 30.0, warmup_s: float = 5.0
+) -> list[dict[str, Any]]:
+    """(f): the quantized model is built on the first start (~30 s) and reused from the model cache."""
+    overrides = {"generator_backend": "onnxruntime", "generator_precision": "int4"}
+    return await _through_rag_grpc(overrides, streams, tokens, duration_s, warmup_s)
 
 
 def _preload_libraries() -> str:
@@ -240,3 +251,11 @@ def _preload_libraries() -> str:
     tcmalloc = Path("/usr/lib/x86_64-linux-gnu/libtcmalloc_minimal.so.4")
     iomp = Path(sys.prefix) / "lib" / "libiomp5.so"
     return f"{tcmalloc}:{iomp}" if tcmalloc.exists() and iomp.exists() else ""
+
+
+if __name__ == "__main__":
+    if sys.argv[1:] != ["onnxruntime"]:
+        sys.exit(
+            "usage: python -m bench.vllm_sides onnxruntime   (the full table: python -m bench.run --only vllm)"
+        )
+    print(json.dumps(asyncio.run(bench_onnxruntime_side(duration_s=10.0, warmup_s=3.0)), indent=2))

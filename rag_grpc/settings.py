@@ -42,7 +42,7 @@ from pydantic_settings import (
 
 Device = Literal["auto", "cpu", "cuda"]
 # The engines a generator can run on (generator_backend adds "none": no generator at all).
-GeneratorBackend = Literal["transformers", "vllm", "remote"]
+GeneratorBackend = Literal["transformers", "vllm", "onnxruntime", "remote"]
 # GenerateRequest.model that asks the router to choose (RoutingSettings).
 AUTO_MODEL = "auto"
 
@@ -101,6 +101,9 @@ class GeneratorSpec(BaseModel):
     )
     backend: GeneratorBackend = Field(description="As generator_backend.")
     model: str = Field("bundled:SmolLM2-135M-Instruct", description="As generator_model.")
+    precision: Literal["auto", "float32", "int8", "int4"] = Field(
+        "auto", description="As generator_precision."
+    )
     endpoints: tuple[str, ...] = Field((), description="As generator_endpoints (backend remote).")
     default: bool = Field(False, description="Requests that name no model go here (else to the first).")
 
@@ -156,9 +159,15 @@ class EngineSettings(BaseModel):
     )
     generator_backend: Literal[GeneratorBackend, "none"] = Field(
         "transformers",
-        description="Generation engine: in-process transformers, in-process vLLM AsyncLLM, remote workers "
+        description="Generation engine: in-process transformers, in-process vLLM AsyncLLM, in-process "
+        "ONNX Runtime with a quantized model (CPU; see generator_precision), remote workers "
         "(generator_endpoints), or none (no model is loaded and Generate answers FAILED_PRECONDITION; for "
         "index-only servers and fast test starts).",
+    )
+    generator_precision: Literal["auto", "float32", "int8", "int4"] = Field(
+        "auto",
+        description="Weight precision of the generator; auto is int4 for onnxruntime (built once from the model "
+        "and cached under model_cache_dir) and float32 for the others, which support nothing else.",
     )
     generator_model: str = Field(
         "bundled:SmolLM2-135M-Instruct",
@@ -234,7 +243,7 @@ class EngineSettings(BaseModel):
 
     generators: tuple[GeneratorSpec, ...] = Field(
         (),
-        description="Several generators in one server, as a JSON list of {name, backend, model, endpoints, "
+        description="Several generators in one server, as a JSON list of {name, backend, model, precision, endpoints, "
         "default}; GenerateRequest.model chooses by name. Empty: the one generator of generator_backend and "
         "generator_model, named after its model.",
     )
@@ -279,7 +288,22 @@ class EngineSettings(BaseModel):
                 "embedder_precision=int8 runs on the CPU (ONNX Runtime's int8 kernels): set embedder_device "
                 "to cpu or auto, or embedder_precision to float32"
             )
+        if self.generator_backend in ("transformers", "vllm", "remote") and self.generator_precision not in (
+            "auto",
+            "float32",
+        ):
+            raise ValueError(
+                f"generator_precision={self.generator_precision} needs generator_backend=onnxruntime; "
+                f"generator_backend={self.generator_backend} runs float32 (set generator_precision=auto)"
+            )
         return self
+
+    @property
+    def resolved_generator_precision(self) -> Literal["float32", "int8", "int4"]:
+        """generator_precision with auto resolved: int4 for onnxruntime, float32 for the other backends."""
+        if self.generator_precision != "auto":
+            return self.generator_precision
+        return "int4" if self.generator_backend == "onnxruntime" else "float32"
 
     # --- micro-batching in front of the embedder and the index
     embed_batch_max_size: int = Field(

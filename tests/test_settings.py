@@ -236,3 +236,15 @@ def test_the_serve_help_lists_every_flag(capsys: pytest.CaptureFixture[str]) -> 
         assert f"--{flag}" in text
         if field.annotation is bool:
             assert f"--no-{flag}" in text
+
+
+def test_generator_precision_resolves_per_backend_and_refuses_what_a_backend_cannot_run() -> None:
+    assert Settings(_env_file=None).engines.resolved_generator_precision == "float32"  # type: ignore[call-arg]
+    quantized = Settings(_env_file=None, generator_backend="onnxruntime")  # type: ignore[call-arg]
+    assert quantized.engines.resolved_generator_precision == "int4"
+    int8 = quantized.with_overrides(generator_precision="int8")
+    assert int8.engines.resolved_generator_precision == "int8"
+    with pytest.raises(ValidationError, match="generator_precision=int4 needs generator_backend=onnxruntime"):
+        Settings(_env_file=None, generator_backend="transformers", generator_precision="int4")  # type: ignore[call-arg]
+    with pytest.raises(ValidationError, match="generator_precision=int8 needs generator_backend=onnxruntime"):
+        Settings(_env_file=None, generator_backend="vllm", generator_precision="int8")  # type: ignore[call-arg]

@@ -160,6 +160,21 @@ async def build_generator(settings: Settings) -> Generator:
             probe_interval_s=engines.remote_probe_interval_s,
             max_attempts=engines.remote_max_attempts,
         )
+    if engines.generator_backend == "onnxruntime":
+        from rag_grpc.engines.onnxruntime_generator import OnnxRuntimeGenerator
+        from rag_grpc.engines.quantized_model import quantized_model_dir
+
+        precision = engines.resolved_generator_precision
+        # Built from the (dequantized) Hugging Face directory once, then reused from model_cache_dir.
+        onnx_dir = await asyncio.to_thread(quantized_model_dir, model_dir, precision, engines.model_cache_dir)
+        return OnnxRuntimeGenerator(
+            onnx_dir,
+            model_id,
+            precision,
+            max_batch_size=settings.limits.max_concurrent_generations,
+            max_waiting_requests=settings.limits.max_queued_generations,
+            threads=engines.torch_threads,
+        )
     if engines.generator_backend == "vllm":
         from rag_grpc.engines.vllm_generator import VllmGenerator
 
@@ -202,6 +217,7 @@ def generator_settings(settings: Settings) -> list[tuple[str | None, Settings]]:
                 generators=(),
                 generator_backend=spec.backend,
                 generator_model=spec.model,
+                generator_precision=spec.precision,
                 generator_endpoints=spec.endpoints or engines.generator_endpoints,
             ),
         )

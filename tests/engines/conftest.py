@@ -1,11 +1,11 @@
 """Fixtures for engine tests: the generator's model files, a separately loaded copy of the model that
-serves as the reference (`model.generate`) the engine's outputs are compared with, and `make_store`,
-which runs the VectorStore contract tests against each backend."""
+serves as the reference (`model.generate`) the engine's outputs are compared with, `make_store`,
+which runs the VectorStore contract tests against each backend, and the onnxruntime generator."""
 
 from __future__ import annotations
 
 import uuid
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -14,8 +14,11 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
+from rag_grpc.engines.base import Generator
+from rag_grpc.engines.factory import build_generator
 from rag_grpc.engines.faiss_store import FaissVectorStore
 from rag_grpc.engines.milvus_store import MilvusVectorStore
+from rag_grpc.settings import Settings
 
 # A new, empty store of the given dimension, to be entered with `async with`.
 StoreFactory = Callable[[int], FaissVectorStore | MilvusVectorStore]
@@ -73,3 +76,12 @@ def reference_lm(generator_model_dir: Path) -> ReferenceLM:
     tokenizer = AutoTokenizer.from_pretrained(str(generator_model_dir))
     model = AutoModelForCausalLM.from_pretrained(str(generator_model_dir), dtype=torch.float32).eval()
     return ReferenceLM(model, tokenizer)
+
+
+@pytest.fixture(scope="session")
+async def onnxruntime_generator(settings: Settings) -> AsyncIterator[Generator]:
+    """generator_backend=onnxruntime (int4), started once per session; its model is built from the bundled
+    one on the first run (~30 s) and reused from model_cache_dir afterwards."""
+    generator = await build_generator(settings.with_overrides(generator_backend="onnxruntime"))
+    async with generator:
+        yield generator

@@ -1,5 +1,5 @@
 """One contract, every generator: the real engines (vLLM for CPU in process, remote vLLM workers over
-gRPC and over the OpenAI API, the transformers engine) and the fake vLLM that other tests use to make
+gRPC and over the OpenAI API, the transformers engine, the quantized onnxruntime engine) and the fake vLLM that other tests use to make
 faults the real engine cannot make on demand. The fake runs the same checks, so it cannot drift.
 
 Expectations come from each engine's own greedy answer, never from hard-coded model output.
@@ -31,6 +31,7 @@ from tests.vllm_workers import Fleet, VllmWorker
 pytestmark = pytest.mark.vllm_fleet
 
 QUESTION = [ChatMessage("user", "What is the capital of France?")]
+INT4_QUESTION = [ChatMessage("user", "What is 2+2?")]
 
 
 @dataclass
@@ -85,7 +86,7 @@ def _grpc_running(address: str) -> int:
     return sum(load.num_running_reqs + load.num_waiting_reqs for load in loads.loads)
 
 
-# Over vLLM's max_model_len here (2048) and over the transformers engine's context (8192).
+# Over vLLM's max_model_len here (2048) and over the transformers and onnxruntime engines' context (8192).
 OVERLONG = "word " * 9000
 
 
@@ -121,7 +122,7 @@ async def fake_vllm_subject() -> AsyncIterator[Subject]:
         yield Subject(generator, messages, generator.num_running_requests, "the " * 3000)
 
 
-SUBJECTS = ["vllm", "remote-grpc", "remote-openai", "transformers", "fake-vllm"]
+SUBJECTS = ["vllm", "remote-grpc", "remote-openai", "transformers", "onnxruntime", "fake-vllm"]
 
 
 @pytest.fixture(params=SUBJECTS)
@@ -134,6 +135,11 @@ def subject(request: pytest.FixtureRequest) -> Subject:
             engines: Engines = request.getfixturevalue("engines")
             generator = engines.default_generator
             return Subject(generator, QUESTION, generator.num_running_requests, OVERLONG)
+        case "onnxruntime":
+            quantized: Generator = request.getfixturevalue("onnxruntime_generator")
+            # The int4 model's greedy answer to QUESTION runs past 200 tokens without end-of-sequence
+            # (float32 says "The capital of France is Paris." and stops); this one ends by itself.
+            return Subject(quantized, INT4_QUESTION, quantized.num_running_requests, OVERLONG)
         case "fake-vllm":
             fake: Subject = request.getfixturevalue("fake_vllm_subject")
             return fake
