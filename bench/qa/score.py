@@ -92,6 +92,8 @@ class Outcome:
     ok: bool
     top1: str | None  # id of the first source
     seconds: float
+    model: str = ""  # who answered (Final.model; empty when the service declined by itself)
+    route: str = ""  # why the router chose it (model "auto")
 
 
 @dataclass
@@ -138,24 +140,39 @@ class Report:
         ]
 
 
-async def ingest_corpus(client: AsyncClient, corpus: Sequence[dict[str, Any]] | None = None) -> None:
-    documents = [{"id": d["id"], "text": d["text"]} for d in corpus or load_corpus()]
+async def ingest_corpus(
+    client: AsyncClient, corpus: Sequence[dict[str, Any]] | None = None, tag: str | None = None
+) -> None:
+    """Stores the corpus; with `tag`, as metadata {"qa": tag} and ids prefixed with it, so the set can
+    share an index with other documents (asked with the same `tag`, retrieval sees only the set)."""
+    prefix = f"{tag}-" if tag else ""
+    metadata = {"qa": tag} if tag else {}
+    documents = [
+        {"id": prefix + d["id"], "text": d["text"], "metadata": metadata} for d in corpus or load_corpus()
+    ]
     await client.ingest(documents)
 
 
 async def ask(
-    client: AsyncClient, question: Question, *, model: str = "", top_k: int = 5, max_tokens: int = 32
+    client: AsyncClient,
+    question: Question,
+    *,
+    model: str = "",
+    top_k: int = 5,
+    max_tokens: int = 32,
+    tag: str | None = None,
 ) -> Outcome:
     started = time.perf_counter()
+    retrieval = Retrieval(top_k=top_k, filter={"qa": tag} if tag else {})
     answer = await client.answer(
-        question.question,
-        retrieval=Retrieval(top_k=top_k),
-        model=model,
-        max_tokens=max_tokens,
-        temperature=0.0,
+        question.question, retrieval=retrieval, model=model, max_tokens=max_tokens, temperature=0.0
     )
-    top1 = answer.sources[0].id if answer.sources else None
-    return Outcome(question, answer.text, judge(question, answer.text), top1, time.perf_counter() - started)
+    top1 = answer.sources[0].id.removeprefix(f"{tag}-") if answer.sources and tag else None
+    if answer.sources and not tag:
+        top1 = answer.sources[0].id
+    ok = judge(question, answer.text)
+    final = answer.final
+    return Outcome(question, answer.text, ok, top1, time.perf_counter() - started, final.model, final.route)
 
 
 async def run(
@@ -166,12 +183,13 @@ async def run(
     top_k: int = 5,
     max_tokens: int = 32,
     concurrency: int = 4,
+    tag: str | None = None,
 ) -> Report:
     """Asks every question (greedy, grounded on `top_k` sources) with `concurrency` calls in flight."""
     gate = asyncio.Semaphore(concurrency)
 
     async def one(question: Question) -> Outcome:
         async with gate:
-            return await ask(client, question, model=model, top_k=top_k, max_tokens=max_tokens)
+            return await ask(client, question, model=model, top_k=top_k, max_tokens=max_tokens, tag=tag)
 
     return Report(list(await asyncio.gather(*(one(q) for q in questions))))
