@@ -44,6 +44,7 @@ BENCHMARKS = (
     "soak",
     "scale_out",
     "vllm",
+    "quality",
 )
 CACHES_OFF = "cache_backend=none"
 
@@ -75,6 +76,7 @@ async def _run(quick: bool, only: set[str], soak_s: float | None, storm_s: float
         interceptor_overhead,
         overload,
         peers,
+        quality,
         scale_out,
         serve_generate,
         soak,
@@ -121,6 +123,8 @@ async def _run(quick: bool, only: set[str], soak_s: float | None, storm_s: float
         )
     if "vllm" in only:
         results["vllm"] = await vllm_sides.bench_vllm_sides(duration_s=10.0 if quick else 30.0)
+    if "quality" in only:
+        results["quality"] = await quality.bench_quality()
     return results
 
 
@@ -446,6 +450,63 @@ def _vllm_rows(results: dict[str, Any]) -> list[Row]:
     return rows
 
 
+def _quality_rows(results: dict[str, Any]) -> list[Row]:
+    """Issue 11: accuracy on the quality set per generator configuration, and the router's table."""
+    report = results["quality"]
+    configs, router = report["configs"], report["router"]
+    reference = configs["transformers float32 (default)"]
+    rows = []
+    for label, summary in configs.items():
+        target = ""
+        if label == "transformers float32 (default)":
+            met = summary["answerable_correct"] >= 0.85 and summary["unanswerable_declined"] >= 0.8
+            target = f" (targets >= 85 % / >= 80 %: {'met' if met else 'missed'})"
+        elif label.startswith("onnxruntime int4"):
+            drop = (reference["accuracy"] - summary["accuracy"]) * 100
+            target = f" (target within 2 points of float32: {drop:+.1f} points, {'met' if drop <= 2 else 'missed'})"
+        rows.append(
+            Row(
+                f"Quality set, {report['questions']} questions: {label}",
+                f"{summary['answerable_correct']:.0%} answerable correct, "
+                f"{summary['unanswerable_declined']:.0%} unanswerable declined",
+                f"all questions {summary['accuracy']:.0%}; own document first {summary['retrieval_top1']:.0%}",
+                target.strip(),
+                "",
+                f"greedy, 5 sources retrieved, <= 32 tokens, {summary['seconds']:.0f} s; {CACHES_OFF}",
+            )
+        )
+    always_big = router["big_accuracy"]
+    for row in router["rows"]:
+        kept = row["accuracy"] / always_big if always_big else float("nan")
+        target = ""
+        if row["target_big_share"] == 0.5:
+            met = kept >= 0.95 and row["big_share"] <= 0.5
+            target = f" (target >= 95 % of always-big with <= 50 % big: {'met' if met else 'missed'})"
+        rows.append(
+            Row(
+                f"Router, threshold {row['threshold']:.3f} (calibrated to {row['target_big_share']:.0%} big calls)",
+                f"accuracy {row['accuracy']:.1%}, big-model calls {row['big_share']:.0%}",
+                f"always small {router['small_accuracy']:.1%}, always big {always_big:.1%}",
+                f"{kept:.1%} of always-big{target}",
+                "",
+                f"small = onnxruntime int4, big = transformers float32; simulated from both models' answers; "
+                f"APGR {router['apgr']:.2f}",
+            )
+        )
+    auto = router["auto_run"]
+    rows.append(
+        Row(
+            "Router, model=auto through the API at the 50 % threshold",
+            f"accuracy {auto['accuracy']:.1%}, big-model calls {auto['big_share']:.0%}",
+            f"always big {always_big:.1%}",
+            f"{auto['accuracy'] / always_big:.1%} of always-big" if always_big else "",
+            "",
+            "two generators in one server (generators setting); questions the service declines itself call no model",
+        )
+    )
+    return rows
+
+
 _ROW_MAKERS: tuple[tuple[str, Callable[[dict[str, Any]], list[Row]]], ...] = (
     ("embed", _embed_rows),
     ("retrieve", _retrieve_rows),
@@ -455,6 +516,7 @@ _ROW_MAKERS: tuple[tuple[str, Callable[[dict[str, Any]], list[Row]]], ...] = (
     ("soak", _soak_rows),
     ("scale_out", _scale_out_rows),
     ("vllm", _vllm_rows),
+    ("quality", _quality_rows),
 )
 
 

@@ -15,8 +15,10 @@ from functools import lru_cache
 from rag_grpc.domain import ChatMessage, Hit
 
 # Kept short on purpose: small models (SmolLM2-135M) drift away from long instructions and ignore the documents.
-# The second sentence measured +3 points on the quality set's answerable questions (bench/qa, with the
-# documents that grounding.py selects), though the model still never says it on its own.
+# Measured on the quality set (bench/qa, SmolLM2-135M, the documents grounding.py selects, vLLM float32):
+# this wording 86 % of answerable questions right within 32 tokens, 81 % within 24; "Answer the question in
+# one short sentence, using these documents." 85 % within either, but it loses facts the tests rely on.
+# The "I don't know" sentence moves little by itself: the model never says it (grounding.py declines for it).
 GROUNDING_INSTRUCTIONS = (
     "Answer the question with facts from these documents. "
     "If the documents do not contain the answer, reply: I don't know."

@@ -45,3 +45,16 @@ def test_a_partial_run_tabulates_what_it_ran() -> None:
         "Soak",
         "Deadline storm",
     ]
+
+
+def test_quality_rows_show_every_configuration_and_the_router_targets() -> None:
+    recorded = json.loads((Path(__file__).parent / "data" / "quality_results.json").read_text())
+    rows = _table({"quality": recorded})
+    labels = [r.benchmark for r in rows]
+    assert sum(label.startswith("Quality set") for label in labels) == len(recorded["configs"])
+    assert sum(label.startswith("Router, threshold") for label in labels) == 3
+    default = next(r for r in rows if r.benchmark.endswith("transformers float32 (default)"))
+    assert "targets >= 85 % / >= 80 %" in default.ratio
+    half = next(r for r in rows if "calibrated to 50% big calls" in r.benchmark)
+    assert "met" in half.ratio and "APGR" in half.note
+    assert any(label.startswith("Router, model=auto") for label in labels)
