@@ -66,7 +66,7 @@ lint: install-test
 	$(BIN)/mypy
 
 test: install-test install-vllm redis-server nginx lint
-	$(BIN)/pytest -q
+	$(BIN)/pytest -q --durations=15
 
 # Tests start their own redis-server (Debian package) on a free loopback port.
 redis-server:

@@ -22,7 +22,7 @@ async def test_the_default_engine_answers_the_slice_above_its_floors(target: str
     questions = slice_of(load_questions(), ANSWERABLE, UNANSWERABLE)
     async with AsyncClient(target) as client:
         await ingest_corpus(client, tag=tag)
-        report = await run(client, questions, tag=tag, max_tokens=32, concurrency=8)
+        report = await run(client, questions, tag=tag, max_tokens=32, concurrency=16)
     summary = report.summary()
     failures = "\n".join(report.failures())
     assert summary["answerable_correct"] >= ANSWERABLE_FLOOR, f"{summary}\n{failures}"
