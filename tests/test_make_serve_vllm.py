@@ -10,12 +10,16 @@ import subprocess
 from pathlib import Path
 
 import grpc
+import pytest
 
 from rag_grpc.v1 import rag_pb2 as pb
 from rag_grpc.v1 import rag_pb2_grpc as pb_grpc
 from tests.test_make_serve import ROOT, _free_port, _wait_serving
 
 
+# Compiled vLLM starts in ~70 s on 2 idle cores, several minutes on a busy host: the wait below (400 s)
+# and the answer's deadline need more than the suite's default 300 s.
+@pytest.mark.timeout(600)
 def test_make_serve_vllm_answers_a_grounded_question(tmp_path: Path) -> None:
     port = _free_port()
     log = tmp_path / "serve-vllm.log"

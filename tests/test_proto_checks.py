@@ -98,7 +98,9 @@ def test_a_breaking_change_fails_buf_breaking(
 def test_an_addition_passes_buf_breaking(commands: list[list[str]], workspace: Path) -> None:
     # A new optional field is what compatible evolution looks like.
     _edit(
-        workspace, "  bool cached = 6;\n}", "  bool cached = 6;\n  // Added.\n  uint32 cached_tokens = 7;\n}"
+        workspace,
+        "  string route = 7;\n}",
+        "  string route = 7;\n  // Added.\n  uint32 cached_tokens = 8;\n}",
     )
     results = _run(commands, workspace)
     assert results["breaking"].returncode == 0, results["breaking"].stdout
